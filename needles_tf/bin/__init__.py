@@ -1,0 +1,1 @@
+"""absl binaries, one per command. Only this package reads flags."""

@@ -1,0 +1,1 @@
+"""Data: MNIST sources, nMNIST / nCAMELYON composition, TFRecords and tf.data pipelines."""

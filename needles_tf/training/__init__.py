@@ -1,0 +1,1 @@
+"""Training: fit loop, schedules, strategy / precision set-up, callbacks, checkpoints."""

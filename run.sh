@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# needles_tf entry point.
+#   ./run.sh          the offline demo (main job)
+#   ./run.sh test     the test suite
+# The first call creates .venv/ and installs the package with its test extra.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+STAMP="$VENV/.installed-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
+if [[ ! -f "$STAMP" ]]; then
+  echo "[run.sh] setting up $VENV (one-time install) ..." >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+PY="$VENV/bin/python"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+cmd="${1:-demo}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  test)
+    exec "$PY" -m pytest "$@"
+    ;;
+  demo)
+    exec "$PY" -m needles_tf.demo "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh [demo|test] [args...]" >&2
+    exit 2
+    ;;
+esac
