@@ -1,0 +1,78 @@
+"""Classifier assembly: BagNet encoder -> global pooling -> linear logits."""
+
+from typing import Sequence
+
+import keras
+from keras import layers, ops
+
+from needles_tf.models.bagnet import bagnet_encoder, min_input_size, resolve_k3
+from needles_tf.models.pooling import global_pooling
+
+
+@keras.saving.register_keras_serializable(package="needles_tf")
+class MinimumSize(keras.layers.Layer):
+    """Passes images through, raising a clear error for ones smaller than the network allows."""
+
+    def __init__(self, min_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.min_size = min_size
+
+    def _check(self, shape):
+        for axis, name in ((1, "height"), (2, "width")):
+            size = shape[axis]
+            if isinstance(size, int) and size < self.min_size:
+                raise ValueError(
+                    f"input {name} is {size} pixels; this network needs at least {self.min_size}"
+                )
+
+    def call(self, x):
+        self._check(tuple(x.shape))
+        return x
+
+    def compute_output_shape(self, input_shape):
+        self._check(tuple(input_shape))
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "min_size": self.min_size}
+
+
+def build_classifier(
+    channels: int,
+    receptive_field: int | None = None,
+    k3: Sequence[int] | None = None,
+    width_scale: float = 1.0,
+    pooling: str = "max",
+    num_classes: int = 2,
+    normalization: bool = True,
+) -> keras.Model:
+    """A BagNet classifier for images [B, H, W, channels] of any H, W, returning logits.
+
+    Give either `receptive_field` (9, 33 or 177) or `k3`; with neither, RF 33 is used.
+    Layers named "embedding", "pooling" and "logits" give access to the parts.
+    """
+    if receptive_field is None and k3 is None:
+        receptive_field = 33
+    k3 = resolve_k3(receptive_field, k3)
+    pool = global_pooling(pooling)  # validates `pooling` before any layer is built
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer; got {channels!r}")
+
+    inputs = keras.Input((None, None, channels), name="image")
+    x = MinimumSize(min_input_size(k3), name="check_size")(inputs)
+    embedding = bagnet_encoder(x, k3, width_scale, normalization)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(pool(embedding))
+    name = f"bagnet_k{''.join(map(str, k3))}_s{width_scale:g}_{pooling}"
+    return keras.Model(inputs, logits, name=name)
+
+
+def build_evidence_model(classifier: keras.Model) -> keras.Model:
+    """Adds the per-location evidence map: the (linear) classifier applied at every location.
+
+    Outputs {"logits": [B, classes], "evidence_map": [B, h, w, classes]}. For mean pooling the
+    mean of the evidence map equals the logits; for the others it shows where evidence lies.
+    """
+    embedding = classifier.get_layer("embedding").output
+    evidence = classifier.get_layer("logits")(ops.cast(embedding, "float32"))
+    return keras.Model(classifier.input, {"logits": classifier.output, "evidence_map": evidence},
+                       name=f"{classifier.name}_evidence")
