@@ -80,7 +80,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
     training: shuffle every epoch (and oversample with class_balance); one pass is one epoch.
     cache: "auto" (in memory when the decoded images fit in 25 % of RAM, else the encoded
     records when those fit, else none), "memory"/True, "none"/False.
-    deterministic: fixed element order for a seed (slower); evaluation is always in file order.
+    deterministic: fixed element order for a seed (slower); evaluation always reads in file
+    order.
     verify: check the shards' sha256 against dataset.json first (clear error naming the file).
     """
     if class_balance is not None and not 0.0 < class_balance < 1.0:
@@ -95,10 +96,13 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     ordered = deterministic or not training
 
-    files = tf.data.Dataset.from_tensor_slices((paths, offsets))
-    ds = files.interleave(
-        lambda path, offset: tf.data.TFRecordDataset(path).enumerate(offset),
-        cycle_length=min(len(paths), 8), num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    if training:  # records tagged with their global index, read from several shards at once
+        files = tf.data.Dataset.from_tensor_slices((paths, offsets))
+        ds = files.interleave(
+            lambda path, offset: tf.data.TFRecordDataset(path).enumerate(offset),
+            cycle_length=min(len(paths), 8), num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    else:  # evaluation keeps file order, so outputs line up with the records
+        ds = tf.data.TFRecordDataset(paths, buffer_size=1 << 23).enumerate()
 
     selected = info["count"]
     if train_size is not None or class_balance is not None:
