@@ -7,6 +7,7 @@ deleted / corrupt shards; other flags on an existing directory need --overwrite.
 """
 
 import os
+import sys
 
 from absl import app, flags
 
@@ -48,7 +49,7 @@ def main(argv):
             mnist_source=FLAGS.mnist, seed=FLAGS.seed, num_shards=FLAGS.num_shards,
             workers=FLAGS.workers, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
     except (mnist.MnistSourceError, records.DatasetError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+        sys.exit(f"needles-make-nmnist: error: {e}")  # a data problem: no usage text
     counts = ", ".join(f"{s} {v['count']} ({v['positives']} positive)"
                        for s, v in meta["splits"].items())
     print(f"{output_dir}: O2I {100 * meta['params']['o2i']:.3g} %, {counts}")

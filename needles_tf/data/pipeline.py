@@ -26,7 +26,7 @@ from needles_tf.data import records
 
 AUTOTUNE = tf.data.AUTOTUNE
 CACHE_FRACTION = 0.25     # cache="auto" caches when the data take <= 25 % of physical memory
-SHUFFLE_BYTES = 1 << 29   # shuffle buffer of decoded images is capped at 512 MiB
+SHUFFLE_BYTES = 1 << 29   # uncached shuffle buffers are capped at 512 MiB
 
 
 def dataset_info(data_dir: str, split: str) -> dict[str, Any]:
@@ -149,7 +149,9 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
         shuffle_buffer = selected if cache_at == "decoded" else SHUFFLE_BYTES // image_bytes
         decoded = True
     else:  # shuffle the small encoded records, decode afterwards
-        shuffle_buffer, decoded = selected, False
+        record_bytes = max(encoded_bytes // max(selected, 1), 1)
+        shuffle_buffer = selected if cache_at == "encoded" else SHUFFLE_BYTES // record_bytes
+        decoded = False
 
     if training:
         shuffle_buffer = max(1, min(selected, shuffle_buffer))
