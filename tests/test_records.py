@@ -89,10 +89,11 @@ class FailAt:
 
 
 def _write(out, make_example, composer, workers=1):
-    return records.write_dataset(
-        out, kind="nmnist", params={"test": 1}, image={"height": 32, "width": 32, "channels": 1},
-        split_sizes={s: composer.split_size(s) for s in records.SPLITS},
-        make_example=make_example, num_shards=4, workers=workers, progress=False)
+    sizes = {s: composer.split_size(s) for s in records.SPLITS}
+    return records.write_dataset(  # positional form, image given through `extra`
+        out, "nmnist", {"test": 1}, sizes, make_example,
+        num_shards={"train": 4, "val": 1, "test": 2}, workers=workers, progress=False,
+        extra={"image": {"height": 32, "width": 32, "channels": 1}, "note": "resume test"})
 
 
 def test_resume_after_interruption_keeps_finished_shards(tmp_path):
@@ -109,6 +110,8 @@ def test_resume_after_interruption_keeps_finished_shards(tmp_path):
     meta = _write(out, composer, composer, workers=2)
     assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in finished} == mtimes
     assert meta["splits"]["train"]["count"] == composer.split_size("train")
+    assert [len(meta["splits"][s]["shards"]) for s in records.SPLITS] == [4, 1, 2]
+    assert records.read_metadata(out)["note"] == "resume test"
     assert not os.path.exists(os.path.join(out, records.PARTIAL_FILE))
     clean = str(tmp_path / "clean")
     _write(clean, composer, composer)

@@ -8,10 +8,12 @@ schema version, kind, every generation parameter, image size, counts and per-sha
 
 Generators (nMNIST, nCAMELYON) write through one function::
 
-    write_dataset(output_dir, kind=..., params={...}, image={"height", "width", "channels"},
-                  split_sizes={"train": n, "val": m, "test": k},
-                  make_example=fn,            # picklable; fn(split, index) -> (bytes, label)
-                  num_shards=8, workers=2, overwrite=False) -> metadata dict
+    write_dataset(output_dir, kind, params, split_sizes, make_example,
+                  image={"height": h, "width": w, "channels": c},  # h, w None if variable
+                  num_shards=8,        # int (largest split; others proportional) or {split: n}
+                  workers=2, overwrite=False, progress=True,
+                  extra=None)          # more top-level sidecar keys
+    -> metadata dict;  make_example: picklable, fn(split, index) -> (serialized bytes, label)
 
 ``make_example`` builds the serialized example (usually via ``encode_example``) for image
 ``index`` of ``split``; it must depend only on (its own state, split, index), which is what makes
@@ -53,6 +55,9 @@ _SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp-\d+)?$
 
 class DatasetError(ValueError):
     """A dataset directory that cannot be used; the message names the file and the problem."""
+
+
+RecordsError = DatasetError  # the name main's first version used
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -237,6 +242,12 @@ def split_metadata(meta: Mapping, split: str, data_dir: str = "") -> dict:
 
 def verify_shards(data_dir: str, split: str, meta: Mapping | None = None) -> list[str]:
     """Checks every shard of a split exists with the recorded sha256; returns their paths."""
+    return shard_paths(data_dir, split, verify=True, meta=meta)
+
+
+def shard_paths(data_dir: str, split: str, verify: bool = False,
+                meta: Mapping | None = None) -> list[str]:
+    """Paths of a split's shards; with `verify`, each checked against its recorded sha256."""
     meta = meta if meta is not None else read_metadata(data_dir)
     paths = []
     for shard in split_metadata(meta, split, data_dir)["shards"]:
@@ -244,7 +255,7 @@ def verify_shards(data_dir: str, split: str, meta: Mapping | None = None) -> lis
         if not os.path.isfile(path):
             raise DatasetError(f"{path}: shard missing (listed in {METADATA_FILE}); re-run the "
                                "generator with the same flags to repair it")
-        if file_sha256(path) != shard["sha256"]:
+        if verify and file_sha256(path) != shard["sha256"]:
             raise DatasetError(f"{path}: corrupt shard (sha256 differs from {METADATA_FILE}); "
                                "re-run the generator with the same flags to repair it")
         paths.append(path)
@@ -253,15 +264,20 @@ def verify_shards(data_dir: str, split: str, meta: Mapping | None = None) -> lis
 
 # ------------------------------------------------------------------------------ writer
 
-def shard_counts(split_sizes: Mapping[str, int], num_shards: int) -> dict[str, int]:
-    """Shards per split: `num_shards` for the largest split, proportionally fewer (>= 1) else."""
+def shard_counts(split_sizes: Mapping[str, int],
+                 num_shards: int | Mapping[str, int]) -> dict[str, int]:
+    """Shards per split: `num_shards` for the largest split, proportionally fewer (>= 1) else;
+    a mapping gives each split's count (capped at its size, at least 1)."""
+    if isinstance(num_shards, Mapping):
+        return {s: max(1, min(n, int(num_shards[s]))) for s, n in split_sizes.items()}
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     largest = max(max(split_sizes.values()), 1)
     return {s: max(1, min(n, -(-num_shards * n // largest))) for s, n in split_sizes.items()}
 
 
-def _layout(split_sizes: Mapping[str, int], num_shards: int) -> list[tuple[str, str, int, int]]:
+def _layout(split_sizes: Mapping[str, int],
+            num_shards: int | Mapping[str, int]) -> list[tuple[str, str, int, int]]:
     """(split, file, start, stop) of every shard: contiguous ranges of image indices."""
     out = []
     for split, n_shards in shard_counts(split_sizes, num_shards).items():
@@ -292,11 +308,13 @@ def _remove_dataset_files(output_dir: str) -> None:
             os.remove(path)
 
 
-def write_dataset(output_dir: str, *, kind: str, params: Mapping[str, Any],
-                  image: Mapping[str, int | None], split_sizes: Mapping[str, int],
-                  make_example: Callable[[str, int], tuple[bytes, int]], num_shards: int = 8,
-                  workers: int = 1, overwrite: bool = False, chunk_size: int = 16,
-                  progress: bool = True) -> dict:
+def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
+                  split_sizes: Mapping[str, int],
+                  make_example: Callable[[str, int], tuple[bytes, int]], *,
+                  image: Mapping[str, int | None] | None = None,
+                  num_shards: int | Mapping[str, int] = 8, workers: int = 1,
+                  overwrite: bool = False, progress: bool = True,
+                  extra: Mapping[str, Any] | None = None, chunk_size: int = 16) -> dict:
     """Writes (or resumes / repairs) a sharded schema-v1 dataset; returns its metadata.
 
     See the module docstring. `params` must be JSON-serialisable; together with kind, image and
@@ -306,6 +324,10 @@ def write_dataset(output_dir: str, *, kind: str, params: Mapping[str, Any],
     import tensorflow as tf
     from tqdm.auto import tqdm
 
+    extra = dict(extra or {})
+    image = image if image is not None else extra.pop("image", None)
+    if image is None or not {"height", "width", "channels"} <= set(image):
+        raise ValueError("write_dataset: image={'height', 'width', 'channels'} is required")
     os.makedirs(output_dir, exist_ok=True)
     layout = _layout(split_sizes, num_shards)
     identity = json.loads(json.dumps({
@@ -349,7 +371,8 @@ def write_dataset(output_dir: str, *, kind: str, params: Mapping[str, Any],
             count = sum(s["count"] for s in shards)
             splits[split] = {"count": count, "positives": positives,
                              "negatives": count - positives, "shards": shards}
-        return {"schema_version": SCHEMA_VERSION, "kind": kind, "params": identity["params"],
+        return {**extra, "schema_version": SCHEMA_VERSION, "kind": kind,
+                "params": identity["params"],
                 "image": identity["image"], "splits": splits, "identity": identity,
                 "complete": complete}
 
