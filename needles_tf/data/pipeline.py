@@ -29,7 +29,7 @@ CACHE_FRACTION = 0.25     # cache="auto" caches when the data take <= 25 % of ph
 SHUFFLE_BYTES = 1 << 29   # uncached shuffle buffers are capped at 512 MiB
 
 
-def dataset_info(data_dir: str, split: str) -> dict[str, Any]:
+def dataset_info(data_dir: str, split: str = "train") -> dict[str, Any]:
     """Image size, counts and kind of one split, from dataset.json."""
     meta = records.read_metadata(data_dir)
     info = records.split_metadata(meta, split, data_dir)
