@@ -1,40 +1,58 @@
-"""needles-make-nmnist: writes an nMNIST dataset (TFRecords + dataset.json) for one O2I.
+"""needles-make-nmnist: generate an nMNIST dataset (TFRecords + dataset.json).
 
-    needles-make-nmnist --flagfile=flags/nmnist/o2i_1.2.cfg --output_dir=tfrecords/nmnist_1.2
+  needles-make-nmnist --flagfile=flags/nmnist/o2i_1.2.cfg --mnist=idx:/data/mnist --workers=2
+
+Re-running with the same flags resumes an interrupted run (finished shards are kept) or repairs
+deleted / corrupt shards; other flags on an existing directory need --overwrite.
 """
+
+import os
+import sys
 
 from absl import app, flags
 
-from needles_tf.data.mnist import MnistError
-from needles_tf.data.nmnist import NMnistConfig, make_nmnist
-from needles_tf.data.records import RecordsError
+from needles_tf.data import mnist, nmnist, records
 
-flags.DEFINE_string("output_dir", None, "Directory for the shards and dataset.json.", required=True)
-flags.DEFINE_integer("canvas_size", 64, "Canvas height and width in pixels (>= 28).")
-flags.DEFINE_integer("num_clutter", 2, "Clutter digits per image (n; negatives get n + 1).")
-flags.DEFINE_integer("needle_digit", 3, "The digit to find.")
-flags.DEFINE_integer("duplicates", 2, "Uses of each needle digit for val / test positives.")
-flags.DEFINE_integer("train_duplicates", 1, "Uses of each needle digit for train positives "
-                     "(1: the paper's 11276 with full MNIST; 2: its largest set, 22552).")
-flags.DEFINE_string("mnist", "embedded", "MNIST source: embedded | idx:DIR | keras.")
-flags.DEFINE_integer("seed", 0, "Random seed; the output is identical for a seed.")
-flags.DEFINE_integer("num_shards", 4, "Shards per split.")
-flags.DEFINE_integer("workers", 1, "Worker processes.")
-flags.DEFINE_bool("overwrite", False, "Replace a dataset of other parameters in output_dir.")
 FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", None, "Dataset directory; default "
+                    "tfrecords/nmnist_<canvas>_<clutter>_<mnist kind>.")
+flags.DEFINE_integer("canvas_size", 64, "Canvas height = width in pixels (>= 28).", lower_bound=28)
+flags.DEFINE_integer("num_clutter", 2, "Clutter digits per positive image (negatives get one "
+                     "more).", lower_bound=0)
+flags.DEFINE_integer("needle_digit", 3, "The digit to find.", lower_bound=0, upper_bound=9)
+flags.DEFINE_integer("duplicates", 2, "Positives per needle digit in val and test.",
+                     lower_bound=0)
+flags.DEFINE_integer("train_duplicates", 1, "Positives per needle digit in train (1 gives the "
+                     "paper's 11276 images with full MNIST, 2 its largest set, 22552).",
+                     lower_bound=0)
+flags.DEFINE_string("mnist", "embedded", "MNIST source: embedded | idx:DIR | keras.")
+flags.DEFINE_integer("seed", 0, "Random seed of the composition.")
+flags.DEFINE_integer("num_shards", 8, "Shards of the train split (others proportionally fewer).",
+                     lower_bound=1)
+flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.", lower_bound=1)
+flags.DEFINE_boolean("overwrite", False, "Replace a dataset with other parameters.")
+flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        config = NMnistConfig(FLAGS.canvas_size, FLAGS.num_clutter, FLAGS.needle_digit,
-                              FLAGS.duplicates, FLAGS.train_duplicates, FLAGS.mnist, FLAGS.seed)
-        metadata = make_nmnist(FLAGS.output_dir, config, FLAGS.num_shards, FLAGS.workers,
-                               FLAGS.overwrite)
-    except (MnistError, RecordsError, ValueError) as error:
-        raise app.UsageError(str(error)) from None
-    counts = ", ".join(f"{s} {v['count']}" for s, v in metadata["splits"].items())
-    print(f"nMNIST O2I {100 * config.o2i:.3g} % -> {FLAGS.output_dir}: {counts}")
+        kind, _ = mnist.parse_source(FLAGS.mnist)
+        output_dir = FLAGS.output_dir or os.path.join(
+            "tfrecords", f"nmnist_{FLAGS.canvas_size}_{FLAGS.num_clutter}_{kind}")
+        meta = nmnist.generate_nmnist(
+            output_dir, canvas_size=FLAGS.canvas_size, num_clutter=FLAGS.num_clutter,
+            needle_digit=FLAGS.needle_digit,
+            duplicates={"train": FLAGS.train_duplicates, "val": FLAGS.duplicates,
+                        "test": FLAGS.duplicates},
+            mnist_source=FLAGS.mnist, seed=FLAGS.seed, num_shards=FLAGS.num_shards,
+            workers=FLAGS.workers, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+    except (mnist.MnistSourceError, records.DatasetError, ValueError) as e:
+        sys.exit(f"needles-make-nmnist: error: {e}")  # a data problem: no usage text
+    counts = ", ".join(f"{s} {v['count']} ({v['positives']} positive)"
+                       for s, v in meta["splits"].items())
+    print(f"{output_dir}: O2I {100 * meta['params']['o2i']:.3g} %, {counts}")
 
 
 def run():

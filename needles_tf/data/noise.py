@@ -1,30 +1,32 @@
-"""Gaussian-noise datasets for the memorisation experiment, generated on the fly.
+"""Gaussian-noise data of the memorisation experiment, generated on the fly, never stored.
 
-Image i is N(0, 1) noise from a stateless generator keyed by (seed, i), its label a fixed random
-bit of (seed, i): the same seed always gives the same images and labels, and nothing is stored.
+Image i is N(0, 1) noise from a stateless generator keyed by (seed, i) and its label is entry i of
+a label vector fixed by the seed, so every epoch (and every run with that seed) sees the same
+image-label pairs, in whatever order shuffling visits them.
 """
+
+from __future__ import annotations
 
 import tensorflow as tf
 
-
-def _item(seed: int, height: int, width: int, channels: int):
-    def make(index):
-        key = tf.stack([tf.constant(seed, tf.int64), index])
-        image = tf.random.stateless_normal((height, width, channels), seed=key)
-        label = tf.random.stateless_uniform((), seed=key + [0, 1 << 40], maxval=2, dtype=tf.int32)
-        return image, label
-
-    return make
+_LABEL_STREAM = 0x1AB31  # separates the label generator from the image generators
 
 
-def make_noise_dataset(num_images: int, height: int, width: int, channels: int, batch_size: int,
-                       seed: int = 0, training: bool = True) -> tf.data.Dataset:
-    """Batches (noise float32 [B, H, W, C], labels int32 [B]) of `num_images` fixed images."""
+def make_noise_dataset(num_images: int, height: int, width: int, channels: int,
+                       batch_size: int, seed: int, training: bool) -> tf.data.Dataset:
+    """Batches (image float32 [B, H, W, C] ~ N(0, 1), label int32 [B] in {0, 1})."""
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1; got {num_images}")
-    data = tf.data.Dataset.range(num_images)
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    labels = tf.random.stateless_uniform([num_images], seed=[seed, _LABEL_STREAM], minval=0,
+                                         maxval=2, dtype=tf.int32)
+
+    def make(index):
+        image = tf.random.stateless_normal(
+            [height, width, channels], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+        return image, tf.gather(labels, index)
+
+    ds = tf.data.Dataset.range(num_images)
     if training:
-        data = data.shuffle(num_images, seed=seed, reshuffle_each_iteration=True)
-    data = data.map(_item(seed, height, width, channels), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.shuffle(num_images, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,14 +1,23 @@
-"""tf.data input pipelines over needles_tf TFRecords.
+"""tf.data input pipeline over a schema-v1 dataset directory: `make_dataset`, `dataset_info`.
 
-Evaluation splits: parallel interleave over shards, parallel PNG decode, batch, prefetch.
-Training split: a fixed subset chosen by a seed-fixed permutation (so a smaller `train_size` is a
-subset of a larger one), optionally with a chosen share of positives (`class_balance`, paper
-appendix C.1: the set's size stays, its balance changes), cached in memory when it fits,
-reshuffled every epoch, and with `class_balance` the minority class oversampled so that batches
-are balanced in expectation. One pass over the returned dataset is one epoch of the subset's size.
+read shards (parallel interleave, each record tagged with its global index)
+  -> optional selection (train_size / class_balance, by index)
+  -> parse + parallel PNG decode (uint8) -> cache when it fits -> shuffle / class balancing
+  -> batch -> float32 in [0, 1] -> prefetch(AUTOTUNE)
+
+Selection. `train_size` N takes, per class, the first round(b * N) positives and the first
+N - round(b * N) negatives of a permutation fixed by `seed` (b = `class_balance`, or the split's
+own positive fraction), so a smaller training set is a subset of a larger one for the same seed.
+With `class_balance` set, training epochs draw each image from the positive or negative stream
+with probability 1/2 (each stream reshuffled and repeated), so the minority class is oversampled
+and batches are balanced in expectation, while an epoch keeps N images (paper, appendix C.1: the
+data set size stays constant, only the balance changes).
 """
 
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -16,100 +25,150 @@ import tensorflow as tf
 from needles_tf.data import records
 
 AUTOTUNE = tf.data.AUTOTUNE
-CACHE_BUDGET_BYTES = 2 << 30  # decoded uint8 images kept in memory up to this size
+CACHE_FRACTION = 0.25     # cache="auto" caches when the data take <= 25 % of physical memory
+SHUFFLE_BYTES = 1 << 29   # uncached shuffle buffers are capped at 512 MiB
 
 
-def dataset_info(data_dir: str | os.PathLike, split: str = "train") -> dict:
-    """Image size, channel count and class counts of a split, from its dataset.json."""
-    metadata = records.read_metadata(data_dir)
-    if split not in metadata["splits"]:
-        raise records.RecordsError(f"{data_dir}: dataset has no split {split!r}")
-    counts = metadata["splits"][split]
-    image = metadata.get("image", {})
-    return {"kind": metadata["kind"], "height": image.get("height"), "width": image.get("width"),
-            "channels": image.get("channels"), "count": counts["count"],
-            "positives": counts["positives"], "negatives": counts["negatives"]}
+def dataset_info(data_dir: str, split: str = "train") -> dict[str, Any]:
+    """Image size, counts and kind of one split, from dataset.json."""
+    meta = records.read_metadata(data_dir)
+    info = records.split_metadata(meta, split, data_dir)
+    return {"height": meta["image"]["height"], "width": meta["image"]["width"],
+            "channels": meta["image"]["channels"], "count": info["count"],
+            "positives": info["positives"], "negatives": info["negatives"],
+            "kind": meta["kind"]}
 
 
-def select_training_subset(labels: np.ndarray, train_size: int | None, class_balance: float | None,
-                           seed: int) -> np.ndarray:
-    """Sorted indices of the training subset; nested in `train_size` for a fixed seed/balance."""
-    count = len(labels)
-    train_size = count if train_size is None else train_size
-    if not 0 < train_size <= count:
-        raise ValueError(f"train_size must be between 1 and the split's {count} images; "
-                         f"got {train_size}")
-    order = np.random.default_rng(seed).permutation(count)
-    if class_balance is None:
-        return np.sort(order[:train_size])
-    if not 0 < class_balance < 1:
-        raise ValueError(f"class_balance must lie in (0, 1); got {class_balance}")
-    n_pos = min(max(1, round(train_size * class_balance)), train_size - 1)
-    positives, negatives = order[labels[order] == 1], order[labels[order] == 0]
-    if n_pos > len(positives) or train_size - n_pos > len(negatives):
-        raise ValueError(f"train_size {train_size} at class_balance {class_balance} needs {n_pos} "
-                         f"positives and {train_size - n_pos} negatives; the split has "
-                         f"{len(positives)} and {len(negatives)}")
-    return np.sort(np.concatenate([positives[:n_pos], negatives[:train_size - n_pos]]))
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _decode(parsed: dict, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
-    image = tf.io.decode_png(parsed["image/encoded"], channels=channels)
-    return image, tf.cast(parsed["label"], tf.int32)
+def _read_labels(paths: list[str]) -> np.ndarray:
+    """Labels of every record in shard order (a light parse that skips the pixels)."""
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    ds = tf.data.TFRecordDataset(paths, num_parallel_reads=None).batch(4096)
+    ds = ds.map(lambda s: tf.io.parse_example(s, spec)["label"])
+    return np.concatenate([b.numpy() for b in ds] or [np.zeros(0, np.int64)])
 
 
-def _to_float(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.cast(image, tf.float32) / 255.0, label
+def select_indices(labels: np.ndarray, size: int | None, balance: float | None,
+                   seed: int) -> np.ndarray:
+    """Nested, seed-fixed selection of `size` record indices with a positive fraction `balance`."""
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
+    size = len(labels) if size is None else size
+    if not 0 < size <= len(labels):
+        raise ValueError(f"train_size must be in [1, {len(labels)}] (the split's size), got {size}")
+    fraction = len(pos) / len(labels) if balance is None else balance
+    num_pos = int(round(fraction * size))
+    num_neg = size - num_pos
+    if num_pos > len(pos) or num_neg > len(neg):
+        raise ValueError(
+            f"train_size={size} with class_balance={fraction:g} needs {num_pos} positives and "
+            f"{num_neg} negatives, the split has {len(pos)} and {len(neg)}; lower train_size or "
+            "generate more images (needles-make-nmnist --train_duplicates)")
+    rng = np.random.default_rng([seed, 0x5E1EC7])
+    return np.sort(np.concatenate([rng.permutation(pos)[:num_pos],
+                                   rng.permutation(neg)[:num_neg]]))
 
 
-def make_dataset(data_dir: str | os.PathLike, split: str, batch_size: int, training: bool, *,
+def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
                  train_size: int | None = None, class_balance: float | None = None,
                  seed: int = 0, cache: str | bool = "auto", deterministic: bool = False,
                  drop_remainder: bool = False, verify: bool = True) -> tf.data.Dataset:
-    """Batches (images float32 [B, H, W, C] in [0, 1], labels int32 [B]) of one split."""
-    metadata = records.read_metadata(data_dir)
-    paths = records.shard_paths(data_dir, split, verify=verify)
-    channels = int(metadata.get("image", {}).get("channels") or 0)
-    info = metadata["splits"][split]
-    labels = np.array([int(c) for shard in info["shards"] for c in shard["labels"]], np.int64)
+    """Batches (image float32 [B, H, W, C] in [0, 1], label int32 [B]) of one split.
 
-    if not training:
-        files = tf.data.Dataset.from_tensor_slices(paths)
-        data = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-                                num_parallel_calls=AUTOTUNE, deterministic=True)
-        data = data.map(records.parse_example, num_parallel_calls=AUTOTUNE)
-        data = data.map(lambda p: _decode(p, channels), num_parallel_calls=AUTOTUNE)
-        data = data.map(_to_float, num_parallel_calls=AUTOTUNE)
-        return data.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
-
-    subset = select_training_subset(labels, train_size, class_balance, seed)
-    keep = np.zeros(len(labels), bool)
-    keep[subset] = True
-    # Shards in order, so that the running index is the item index the subset refers to.
-    data = tf.data.TFRecordDataset(paths, num_parallel_reads=None)
-    if len(subset) < len(labels):
-        keep_table = tf.constant(keep)
-        data = data.enumerate().filter(lambda i, _: tf.gather(keep_table, i)).map(lambda _, s: s)
-    data = data.map(records.parse_example, num_parallel_calls=AUTOTUNE,
-                    deterministic=True)
-    data = data.map(lambda p: _decode(p, channels), num_parallel_calls=AUTOTUNE, deterministic=True)
-    height, width = metadata.get("image", {}).get("height"), metadata.get("image", {}).get("width")
-    if cache == "auto":
-        cache = bool(height and width) and len(subset) * height * width * channels <= CACHE_BUDGET_BYTES
-    if cache:
-        data = data.cache()
-
-    size = len(subset)
-    if class_balance is not None:
-        by_class = [data.filter(lambda _, y, c=c: tf.equal(y, c)) for c in (1, 0)]
-        by_class = [d.shuffle(min(size, 10_000), seed=seed + c).repeat()
-                    for c, d in enumerate(by_class)]
-        data = tf.data.Dataset.sample_from_datasets(by_class, weights=[0.5, 0.5], seed=seed,
-                                                    stop_on_empty_dataset=False).take(size)
+    training: shuffle every epoch (and oversample with class_balance); one pass is one epoch.
+    cache: "auto" (in memory when the decoded images fit in 25 % of RAM, else the encoded
+    records when those fit, else none), "memory"/True, "none"/False.
+    deterministic: fixed element order for a seed (slower); evaluation always reads in file
+    order.
+    verify: check the shards' sha256 against dataset.json first (clear error naming the file).
+    """
+    if class_balance is not None and not 0.0 < class_balance < 1.0:
+        raise ValueError(f"class_balance must be in (0, 1), got {class_balance}")
+    meta = records.read_metadata(data_dir)
+    info = records.split_metadata(meta, split, data_dir)
+    if verify:
+        paths = records.verify_shards(data_dir, split, meta)
     else:
-        data = data.shuffle(min(size, 10_000), seed=seed, reshuffle_each_iteration=True)
-    data = data.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=deterministic or None)
+        paths = [os.path.join(data_dir, s["file"]) for s in info["shards"]]
+    counts = [s["count"] for s in info["shards"]]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    ordered = deterministic or not training
+
+    if training:  # records tagged with their global index, read from several shards at once
+        files = tf.data.Dataset.from_tensor_slices((paths, offsets))
+        ds = files.interleave(
+            lambda path, offset: tf.data.TFRecordDataset(path).enumerate(offset),
+            cycle_length=min(len(paths), 8), num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    else:  # evaluation keeps file order, so outputs line up with the records
+        ds = tf.data.TFRecordDataset(paths, buffer_size=1 << 23).enumerate()
+
+    selected = info["count"]
+    if train_size is not None or class_balance is not None:
+        keep = np.zeros(info["count"], bool)
+        chosen = select_indices(_read_labels(paths), train_size, class_balance, seed)
+        keep[chosen] = True
+        selected = len(chosen)
+        keep_t = tf.constant(keep)
+        ds = ds.filter(lambda index, _: tf.gather(keep_t, index))
+
+    channels = meta["image"]["channels"]
+    shape = (meta["image"]["height"], meta["image"]["width"], channels)
+
+    def parse(index, serialized):
+        parsed = records.parse_example(serialized)
+        return parsed["image/encoded"], tf.cast(parsed["label"], tf.int32)
+
+    def decode(encoded, label):
+        image = tf.io.decode_png(encoded, channels=channels)
+        image.set_shape(shape)
+        return image, label
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    decoded_bytes = selected * int(np.prod([d or 0 for d in shape]))
+    encoded_bytes = sum(os.path.getsize(p) for p in paths) * selected // max(info["count"], 1)
+    budget = CACHE_FRACTION * _physical_memory()
+    if cache == "auto":
+        cache_at = ("decoded" if 0 < decoded_bytes <= budget
+                    else "encoded" if encoded_bytes <= budget else None)
+    elif cache in (True, "memory"):
+        cache_at = "decoded" if decoded_bytes else "encoded"
+    elif cache in (False, None, "none"):
+        cache_at = None
+    else:
+        raise ValueError(f"cache must be 'auto', 'memory' or 'none', got {cache!r}")
+
+    if cache_at == "encoded":
+        ds = ds.cache()
+    if cache_at == "decoded" or not training:
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+        if cache_at == "decoded":
+            ds = ds.cache()
+        image_bytes = max(decoded_bytes // max(selected, 1), 1)
+        shuffle_buffer = selected if cache_at == "decoded" else SHUFFLE_BYTES // image_bytes
+        decoded = True
+    else:  # shuffle the small encoded records, decode afterwards
+        record_bytes = max(encoded_bytes // max(selected, 1), 1)
+        shuffle_buffer = selected if cache_at == "encoded" else SHUFFLE_BYTES // record_bytes
+        decoded = False
+
+    if training:
+        shuffle_buffer = max(1, min(selected, shuffle_buffer))
+        if class_balance is not None:
+            streams = [ds.filter(lambda _, label, c=c: tf.equal(label, c))
+                       .shuffle(shuffle_buffer, seed=seed + c).repeat() for c in (0, 1)]
+            ds = tf.data.Dataset.sample_from_datasets(
+                streams, weights=[0.5, 0.5], seed=seed, rerandomize_each_iteration=True)
+            ds = ds.take(selected)
+        else:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if not decoded:
+            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda image, label: (tf.cast(image, tf.float32) / 255.0, label),
+                num_parallel_calls=AUTOTUNE, deterministic=ordered)
     options = tf.data.Options()
-    options.deterministic = deterministic
-    data = data.with_options(options)
-    return data.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    options.deterministic = ordered
+    return ds.with_options(options).prefetch(AUTOTUNE)

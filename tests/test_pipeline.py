@@ -1,0 +1,125 @@
+"""Input pipeline: batches, nested train_size, class_balance oversampling, determinism, noise."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from needles_tf.data import dataset_info, make_dataset, nmnist, records
+from needles_tf.data.noise import make_noise_dataset
+from needles_tf.data.pipeline import select_indices
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("nmnist"))
+    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=1, num_shards=4, progress=False)
+    return out
+
+
+def epoch(ds):
+    """(image hashes, labels) of one pass."""
+    hashes, labels = [], []
+    for images, y in ds:
+        hashes += [hashlib.sha1(im.tobytes()).hexdigest() for im in images.numpy()]
+        labels += list(y.numpy())
+    return hashes, np.array(labels)
+
+
+def test_batches_and_info(data_dir):
+    info = dataset_info(data_dir, "train")
+    assert info == {"height": 32, "width": 32, "channels": 1, "count": 700, "positives": 350,
+                    "negatives": 350, "kind": "nmnist"}
+    ds = make_dataset(data_dir, "train", 64, training=True)
+    assert ds.element_spec[0].shape.as_list() == [None, 32, 32, 1]
+    assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.int32
+    images, labels = next(iter(ds))
+    assert images.shape == (64, 32, 32, 1) and 0.0 <= images.numpy().min()
+    assert images.numpy().max() == 1.0
+    hashes, labels = epoch(ds)
+    assert len(hashes) == 700 and labels.sum() == 350  # finite: one pass = one epoch
+
+
+def test_evaluation_is_in_file_order_and_matches_records(data_dir):
+    hashes, labels = epoch(make_dataset(data_dir, "val", 32, training=False, cache="none"))
+    paths = records.verify_shards(data_dir, "val")
+    expected = []
+    for serialized in tf.data.TFRecordDataset(paths):
+        p = records.parse_example(serialized)
+        image = tf.cast(tf.io.decode_png(p["image/encoded"]), tf.float32) / 255.0
+        expected.append(hashlib.sha1(image.numpy().tobytes()).hexdigest())
+    assert hashes == expected and list(labels[:4]) == [1, 0, 1, 0]
+    assert epoch(make_dataset(data_dir, "val", 32, training=False, cache="memory"))[0] == expected
+
+
+def test_train_size_subsets_are_nested(data_dir):
+    sizes = [50, 200, 700]
+    sets = [set(epoch(make_dataset(data_dir, "train", 50, True, train_size=n, seed=3))[0])
+            for n in sizes]
+    assert [len(s) for s in sets] == sizes
+    assert sets[0] < sets[1] < sets[2]
+    labels = np.tile([1, 0], 350)
+    small, large = (select_indices(labels, n, None, seed=3) for n in (100, 300))
+    assert set(small) < set(large) and labels[small].sum() == 50
+    assert set(select_indices(labels, 100, None, seed=4)) != set(small)
+
+
+def test_class_balance_oversamples_the_minority(data_dir):
+    ds = make_dataset(data_dir, "train", 100, True, train_size=200, class_balance=0.1, seed=1)
+    seen, labels = {}, []
+    for _ in range(5):
+        hashes, y = epoch(ds)
+        assert len(y) == 200  # the data set size stays train_size
+        seen.update(zip(hashes, y))
+        labels.append(y)
+    labels = np.concatenate(labels)
+    # 20 positive and 180 negative images, drawn 50:50 (sd of the mean over 1000 ~ 0.016).
+    assert abs(labels.mean() - 0.5) < 0.08
+    unique = np.array(list(seen.values()))
+    assert (unique == 1).sum() == 20 and (unique == 0).sum() <= 180
+    with pytest.raises(ValueError, match="needs 630 positives.*has 350"):
+        make_dataset(data_dir, "train", 8, True, train_size=700, class_balance=0.9)
+    with pytest.raises(ValueError, match="class_balance must be in \\(0, 1\\)"):
+        make_dataset(data_dir, "train", 8, True, class_balance=1.0)
+
+
+def test_deterministic_mode_repeats_exactly(data_dir):
+    def run(seed):
+        ds = make_dataset(data_dir, "train", 32, True, seed=seed, deterministic=True,
+                          class_balance=0.5, train_size=300)
+        return [epoch(ds)[0] for _ in range(2)]
+
+    first, again, other = run(0), run(0), run(1)
+    assert first == again
+    assert first[0] != first[1]  # reshuffled every epoch
+    assert first[0] != other[0]
+
+
+def test_corrupt_shard_is_named(data_dir, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(data_dir, copy)
+    with open(f"{copy}/val-00000-of-00002.tfrecord", "r+b") as f:
+        f.seek(50)
+        f.write(b"\0\0\0")
+    with pytest.raises(records.DatasetError, match="val-00000-of-00002.tfrecord: corrupt shard"):
+        make_dataset(copy, "val", 8, False)
+    with pytest.raises(records.DatasetError, match="no split 'holdout'"):
+        make_dataset(copy, "holdout", 8, False)
+
+
+def test_noise_is_deterministic_per_seed():
+    def pairs(seed, training):
+        out = {}
+        for images, labels in make_noise_dataset(40, 8, 8, 1, 16, seed, training):
+            out.update({im.tobytes(): int(y) for im, y in zip(images.numpy(), labels.numpy())})
+        return out
+
+    a, b = pairs(7, training=False), pairs(7, training=True)
+    assert a == b and len(a) == 40  # same image-label pairs, whatever the order
+    assert pairs(8, False).keys().isdisjoint(a.keys())
+    values = np.frombuffer(b"".join(a.keys()), np.float32)
+    assert abs(values.mean()) < 0.1 and abs(values.std() - 1.0) < 0.1
+    assert 5 < sum(a.values()) < 35
