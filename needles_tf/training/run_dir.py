@@ -1,0 +1,64 @@
+"""The layout of a run directory, shared by training, evaluation and export.
+
+    <model_dir>/
+      summary.json      flags, parameter count, best epoch, val/test metrics at best, wall time
+      metrics.csv       one row per finished epoch
+      best.keras        the model of the best validation epoch
+      checkpoint/       the resumable state of the last finished epoch
+      logs/             TensorBoard event files (train/, validation/)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+BEST_MODEL = "best.keras"
+CHECKPOINT_DIR = "checkpoint"
+LOG_DIR = "logs"
+
+
+class RunDirError(ValueError):
+    """A model directory that cannot be used; the message names the path and the problem."""
+
+
+def best_model_path(model_dir: str) -> str:
+    """Path of the best model; a clear error when the run has none (yet)."""
+    path = os.path.join(model_dir, BEST_MODEL)
+    if not os.path.isfile(path):
+        raise RunDirError(f"{path}: no best model here; is {model_dir!r} a needles-train "
+                          "model_dir with at least one finished epoch?")
+    return path
+
+
+def load_best_model(model_dir: str):
+    """The run's best model as a keras.Model (our custom layers are registered on import)."""
+    import keras
+
+    import needles_tf.models  # noqa: F401  registers the custom layers for deserialisation
+
+    return keras.models.load_model(best_model_path(model_dir))
+
+
+def read_summary(model_dir: str) -> dict[str, Any]:
+    """summary.json of a run; a clear error when it is missing or unreadable."""
+    path = os.path.join(model_dir, SUMMARY)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: not found; is {model_dir!r} a needles-train model_dir?")
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})")
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON to a temporary name, then rename, so readers never see half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
