@@ -1,0 +1,73 @@
+"""Needle probabilities and metrics of a Keras classifier on a dataset split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from needles_tf.data import dataset_info, make_dataset
+from needles_tf.evaluation.metrics import classification_metrics
+
+
+def needle_probability(logits):
+    """Softmax probability of class 1 (needle present) from logits [..., 2]."""
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., 1]
+
+
+def check_binary(model: keras.Model) -> None:
+    """A clear error unless the model outputs two logits (no needle / needle)."""
+    classes = model.output_shape[-1]
+    if classes != 2:
+        raise ValueError(f"model {model.name!r} has {classes} outputs; needle probabilities need 2")
+
+
+def min_image_size(model: keras.Model) -> int:
+    """Smallest height / width the classifier accepts (from its "check_size" layer; 1 without)."""
+    try:
+        return int(model.get_layer("check_size").min_size)
+    except ValueError:
+        return 1
+
+
+def predict_probabilities(model: keras.Model,
+                          dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches."""
+    check_binary(model)
+
+    @tf.function(reduce_retracing=True)
+    def probabilities(images):
+        return needle_probability(model(images, training=False))
+
+    labels, probs = [], []
+    for images, batch_labels in dataset:
+        probs.append(probabilities(images).numpy())
+        labels.append(batch_labels.numpy())
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    return np.concatenate(labels).astype(np.int64), np.concatenate(probs).astype(np.float64)
+
+
+def evaluate(model: keras.Model, data_dir: str, split: str = "test",
+             batch_size: int = 32) -> dict[str, Any]:
+    """Metrics (see `classification_metrics`) of `model` on one split of a dataset directory.
+
+    Raises ValueError (records.DatasetError for dataset problems) naming the dataset and the
+    mismatch when its images do not fit the model.
+    """
+    info = dataset_info(data_dir, split)
+    channels = model.input_shape[-1]
+    if info["channels"] != channels:
+        raise ValueError(f"{data_dir}: {split} images have {info['channels']} channel(s), the "
+                         f"model takes {channels}; evaluate on a dataset like its training set")
+    min_size = min_image_size(model)
+    if min(info["height"], info["width"]) < min_size:
+        raise ValueError(f"{data_dir}: images are {info['height']} x {info['width']} pixels, the "
+                         f"model needs at least {min_size} x {min_size}")
+    if info["count"] == 0:
+        raise ValueError(f"{data_dir}: split {split!r} has no images")
+    labels, probs = predict_probabilities(
+        model, make_dataset(data_dir, split, batch_size, training=False))
+    return {"data_dir": data_dir, "split": split, **classification_metrics(labels, probs)}

@@ -1,0 +1,1 @@
+"""Serving: SavedModel export of a trained classifier, and prediction on image files."""
