@@ -405,6 +405,35 @@ class CropWriter:
         return serialized, spec.label
 
 
+def _plan_negatives(sources: Sequence[SlideSource], needed: Mapping[str, int],
+                    config: NcamelyonConfig, cache_dir: str, workers: int, strict: bool,
+                    progress: bool, skipped: list[dict]) -> dict[str, dict]:
+    """Negative windows per slide, enough to match `needed` per split where the slides allow.
+
+    Each slide of a split first gets an even share; while a split falls short (a slide failed
+    or has little tissue), the slides that filled their share are asked for more.
+    """
+    quotas = {}
+    for split, count in needed.items():
+        in_split = [s for s in sources if s.split == split]
+        quotas.update({s.name: -(-count // len(in_split)) for s in in_split if count})
+    plans: dict[str, dict] = {}
+    todo = [s for s in sources if s.name in quotas]
+    while todo:
+        tasks = [("negatives", s, config, quotas[s.name], cache_dir) for s in todo]
+        plans.update(_run_tasks(tasks, workers, strict, progress, "negative slides", skipped))
+        todo = []
+        for split, count in needed.items():
+            done = [s for s in sources if s.split == split and s.name in plans]
+            missing = count - sum(len(plans[s.name]["windows"]) for s in done)
+            full = [s for s in done if len(plans[s.name]["windows"]) == quotas[s.name]]
+            if missing > 0 and full:
+                for s in full:
+                    quotas[s.name] += -(-missing // len(full))
+                todo += full
+    return plans
+
+
 def _interleave(positives: list[CropSpec], negatives: list[CropSpec]) -> list[CropSpec]:
     out = []
     for i in range(max(len(positives), len(negatives))):
@@ -545,12 +574,9 @@ def build_ncamelyon(slide_dir: str, output_dir: str, config: NcamelyonConfig | N
                     source.name, source.path, 1, x, y, region["index"], k, fraction))
 
     negative_sources = [s for s in sources if s.annotation is None]
-    tasks = []
-    for split in records.SPLITS:
-        in_split = [s for s in negative_sources if s.split == split]
-        quota = -(-len(positives[split]) // max(len(in_split), 1))
-        tasks += [("negatives", s, config, quota, cache_dir) for s in in_split if quota]
-    negative_plans = _run_tasks(tasks, workers, strict, progress, "negative slides", skipped)
+    needed = {split: len(v) for split, v in positives.items()}
+    negative_plans = _plan_negatives(negative_sources, needed, config, cache_dir, workers,
+                                     strict, progress, skipped)
     crops = {}
     for split in records.SPLITS:
         plans = [(s, negative_plans[s.name]) for s in negative_sources
