@@ -6,20 +6,21 @@ Extraction (design.md, paper appendix A.2), for one crop size c and one O2I bin 
    split (centre 3 -> val, 4 -> test, others -> train). A slide with an ASAP XML is a lesion
    slide; one without is a negative slide (with a CAMELYON17 stage_labels.csv, only those
    labelled "negative"; unannotated positive slides are left out).
-2. Lesion slides, in parallel: the lesion mask at pyramid `level` (exclusions removed), its
-   8-connected regions, and per region `crops_per_region` distinct random c x c windows (level
+2. Lesion slides, in parallel over slides: the lesion mask at pyramid `level` (exclusions
+   removed), its 8-connected regions, and per region `crops_per_region` distinct random c x c windows (level
    pixels) that lie inside the slide and contain the whole region; those whose lesion fraction
    (all lesion pixels in the window / c^2) lies in the bin are kept. Regions larger than c or
    whose own area exceeds hi * c^2 give none.
 3. Negatives balance each split: a split's N positives are matched by N negatives spread evenly
    over its negative slides, each slide drawing random windows and keeping those with mean green
    value below `max_mean_green` (200; not mostly background), at most `negative_tries` reads per
-   negative wanted. A shortfall (too little tissue) is reported in the summary.
+   negative wanted; slides that filled their share are asked for more while a split falls short
+   (a failed or tissue-poor slide). A remaining shortfall is logged and shows in the summary.
 4. Records (records.write_dataset, kind "ncamelyon"): within a split, positives and negatives
    alternate (slide order, then region and crop order). Each holds the RGB crop, the lesion mask
    (`object/mask`, 0/255), the box of its lesion pixels, the O2I (lesion fraction) and
-   `source/id` = "<slide>/region_<r>/crop_<k> level=<L> x=<x> y=<y>" ("<slide>/negative/crop_<k>
-   ..." for negatives), x, y the window's top-left corner in level pixels.
+   `source/id` = "<slide>/region_<r>/crop_<k> x=<x> y=<y>" ("<slide>/negative/crop_<k> x=..
+   y=.." for negatives), x, y the window's top-left corner in pixels of the pyramid level.
 
 Every random draw is keyed by (seed, slide name, region), so the data set is the same whatever
 the number of workers. Step 2 and 3 results are cached per slide under <output_dir>/slides/
