@@ -9,8 +9,8 @@ Extraction (design.md, paper appendix A.2), for one crop size c and one O2I bin 
 2. Lesion slides, in parallel over slides: the lesion mask at pyramid `level` (exclusions
    removed), its 8-connected regions, and per region `crops_per_region` distinct random c x c
    windows (level pixels) that lie inside the slide and contain the whole region; those whose
-   lesion fraction (all lesion pixels in the window / c^2) lies in the bin are kept. Regions larger than c or
-   whose own area exceeds hi * c^2 give none.
+   lesion fraction (all lesion pixels in the window / c^2) lies in the bin are kept. Regions
+   larger than c or whose own area exceeds hi * c^2 give none.
 3. Negatives balance each split: a split's N positives are matched by N negatives spread evenly
    over its negative slides, each slide drawing random windows and keeping those with mean green
    value below `max_mean_green` (200; not mostly background), at most `negative_tries` reads per
