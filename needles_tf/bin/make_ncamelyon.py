@@ -1,0 +1,89 @@
+"""needles-make-ncamelyon: extract an nCAMELYON data set (TFRecords + dataset.json + tables).
+
+  needles-make-ncamelyon --flagfile=flags/ncamelyon/crop256_o2i_1-10.cfg \
+      --slide_dir=/data/camelyon17/training --annotation_dir=/data/camelyon17/lesion_annotations
+
+Slides are found recursively under --slide_dir (center_K/patient_XXX_node_Y.tif); a slide with
+<name>.xml in --annotation_dir (default: beside the slide) gives positive crops, one without gives
+negatives. A bad slide is reported and skipped (--strict stops instead). Re-running with the same
+flags resumes slide by slide and shard by shard.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+from needles_tf.data import camelyon, ncamelyon, records
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("slide_dir", None, "Root of the slides (searched recursively).",
+                    required=True)
+flags.DEFINE_string("annotation_dir", None, "Folder of the ASAP XML files <slide name>.xml "
+                    "(default: beside each slide).")
+flags.DEFINE_string("stage_labels", None, "CAMELYON17 stage_labels.csv: take negatives only "
+                    "from slides labelled negative (without it every unannotated slide is "
+                    "taken as negative).")
+flags.DEFINE_string("output_dir", None, "Dataset directory; default "
+                    "tfrecords/ncamelyon_<crop_size>_<o2i_bin>.")
+flags.DEFINE_integer("crop_size", 256, "Crop height = width in pixels at --level (the paper: "
+                     "128, 256, 512, 1024).", lower_bound=1)
+flags.DEFINE_enum("o2i_bin", "1-10", list(ncamelyon.O2I_BINS),
+                  "Lesion fraction bin (lo, hi] in percent.")
+flags.DEFINE_integer("crops_per_region", 50, "Random crops tried per lesion region.",
+                     lower_bound=1)
+flags.DEFINE_integer("level", 3, "Pyramid level of crops and masks.", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
+flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.", lower_bound=1)
+flags.DEFINE_boolean("strict", False, "Stop at the first bad slide instead of skipping it.")
+flags.DEFINE_list("lesion_groups", list(camelyon.DEFAULT_LESION_GROUPS),
+                  "ASAP groups of lesion polygons (CAMELYON17: metastases; CAMELYON16: _0,_1).")
+flags.DEFINE_list("exclusion_groups", list(camelyon.DEFAULT_EXCLUSION_GROUPS),
+                  "ASAP groups of polygons cut out of lesions (CAMELYON16: _2).")
+flags.DEFINE_list("val_centers", ["3"], "Centres of the validation split.")
+flags.DEFINE_list("test_centers", ["4"], "Centres of the test split.")
+flags.DEFINE_float("max_mean_green", 200.0, "Negatives need a mean green value below this.")
+flags.DEFINE_integer("num_shards", 8, "Shards of the largest split.", lower_bound=1)
+flags.DEFINE_boolean("overwrite", False, "Replace a dataset with other parameters.")
+flags.DEFINE_boolean("progress", True, "Show progress bars.")
+
+
+def _centers(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in FLAGS[name].value)
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated centre numbers, got "
+                         f"{','.join(FLAGS[name].value)!r}") from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    output_dir = FLAGS.output_dir or os.path.join(
+        "tfrecords", f"ncamelyon_{FLAGS.crop_size}_{FLAGS.o2i_bin}")
+    try:
+        config = ncamelyon.NcamelyonConfig(
+            crop_size=FLAGS.crop_size, o2i_bin=FLAGS.o2i_bin,
+            crops_per_region=FLAGS.crops_per_region, level=FLAGS.level, seed=FLAGS.seed,
+            lesion_groups=tuple(FLAGS.lesion_groups),
+            exclusion_groups=tuple(FLAGS.exclusion_groups),
+            val_centers=_centers("val_centers"), test_centers=_centers("test_centers"),
+            max_mean_green=FLAGS.max_mean_green, num_shards=FLAGS.num_shards)
+        meta = ncamelyon.build_ncamelyon(
+            FLAGS.slide_dir, output_dir, config, annotation_dir=FLAGS.annotation_dir,
+            stage_labels=FLAGS.stage_labels, workers=FLAGS.workers, strict=FLAGS.strict,
+            overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+    except (camelyon.SlideError, records.DatasetError, ValueError) as e:
+        sys.exit(f"needles-make-ncamelyon: error: {e}")
+    print(ncamelyon.summary_text(meta))
+    print(f"written to {output_dir} (tables in {ncamelyon.SUMMARY_MD}, {ncamelyon.SUMMARY_CSV})")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,50 @@
+"""needles-make-slides: write a small synthetic CAMELYON17-style slide tree.
+
+  needles-make-slides --output_dir=/tmp/slides --num_patients=10 --seed=0
+
+Writes center_K/patient_XXX_node_Y.tif (pyramidal tiled TIFFs that openslide opens) and
+lesion_annotations/*.xml (ASAP XML) for tests, benchmarks and the offline demo; then
+  needles-make-ncamelyon --slide_dir=/tmp/slides --annotation_dir=/tmp/slides/lesion_annotations
+"""
+
+import sys
+
+from absl import app, flags
+
+from needles_tf.data import slides
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", None, "Folder of the slide tree.", required=True)
+flags.DEFINE_integer("num_patients", 10, "Patients (spread over centres 0..4; every other "
+                     "patient of a centre has lesions).", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
+flags.DEFINE_integer("size", 2048, "Level-0 width = height of a slide in pixels.",
+                     lower_bound=256)
+flags.DEFINE_integer("levels", 5, "Pyramid levels (level k is size / 2**k).", lower_bound=1)
+flags.DEFINE_integer("tile_size", 256, "TIFF tile size (a multiple of 16).", lower_bound=16)
+flags.DEFINE_integer("nodes_per_patient", 1, "Slides (lymph nodes) per patient.", lower_bound=1)
+flags.DEFINE_enum("xml_style", "camelyon17", ["camelyon17", "camelyon16"],
+                  "Annotation groups: camelyon17 (metastases) or camelyon16 (_0/_1 tumour, _2 "
+                  "exclusion).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        paths = slides.make_synthetic_slides(
+            FLAGS.output_dir, FLAGS.num_patients, FLAGS.seed, size=FLAGS.size,
+            levels=FLAGS.levels, tile_size=FLAGS.tile_size,
+            nodes_per_patient=FLAGS.nodes_per_patient, xml_style=FLAGS.xml_style)
+    except ValueError as e:
+        sys.exit(f"needles-make-slides: error: {e}")
+    print(f"{FLAGS.output_dir}: {len(paths)} slides, annotations in "
+          f"{FLAGS.output_dir}/lesion_annotations")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

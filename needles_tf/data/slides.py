@@ -1,0 +1,256 @@
+"""Synthetic CAMELYON-style whole-slide images for tests, benchmarks and the offline demo.
+
+`make_synthetic_slides` writes a tree laid out like CAMELYON17::
+
+    out/center_K/patient_XXX_node_Y.tif      pyramidal tiled TIFF (openslide's generic-tiff)
+    out/lesion_annotations/patient_XXX_node_Y.xml   ASAP XML, only for slides with lesions
+
+Patient i (0-based) is patient number 20 * (i % 5) + i // 5, so CAMELYON17's rule
+centre = patient // 20 spreads the patients over centres 0..4 (centre 3 = validation, 4 = test).
+Within a centre, every other patient (the 1st, 3rd, ...) has lesions, the others none, so
+10 patients give each centre one slide with and one without lesions.
+
+A slide is white background (RGB about 240) with tissue blobs of a pink, finely dotted texture
+(mean green about 150) and, in lesion slides, irregular polygonal lesions of a purple texture with
+coarser nuclei. Lesion radii are log-uniform between `size / 200` and `size / 8` level-0 pixels,
+so at pyramid level 3 and 64-pixel crops every O2I bin of nCAMELYON gets lesions. Pyramid levels
+halve the size (2x2 mean), one tiled zlib-compressed TIFF page each; openslide reports
+downsamples 1, 2, 4, ... Everything is deterministic in `seed`.
+
+`xml_style="camelyon16"` writes CAMELYON16's groups instead of `metastases`: lesions alternate
+between `_0` and `_1`, and the largest lesion of a slide gets a `_2` exclusion polygon (a hole of
+normal tissue) that the extraction must subtract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import xml.etree.ElementTree as ET
+from typing import Sequence
+
+import numpy as np
+
+PATIENTS_PER_CENTER = 20  # CAMELYON17: centre = patient // 20
+NUM_CENTERS = 5
+# Palette of the rendered classes: background, tissue, tissue nucleus, lesion, lesion nucleus.
+PALETTE = np.array([[242, 242, 244], [228, 160, 196], [120, 70, 150], [186, 112, 186],
+                    [72, 30, 110]], np.uint8)
+BACKGROUND, TISSUE, TISSUE_NUCLEUS, LESION, LESION_NUCLEUS = range(5)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticLesion:
+    """One lesion polygon (level-0 x, y vertices) and its group; `hole` is a `_2` exclusion."""
+
+    points: np.ndarray
+    group: str
+    hole: np.ndarray | None = None
+
+
+def patient_number(index: int) -> int:
+    """CAMELYON17 patient number of the index-th synthetic patient (spread over 5 centres)."""
+    return PATIENTS_PER_CENTER * (index % NUM_CENTERS) + index // NUM_CENTERS
+
+
+def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float) -> np.ndarray:
+    """Irregular closed polygon around (cx, cy): radius modulated by a few random harmonics."""
+    n = int(np.clip(radius / 2, 16, 64))
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    r = np.ones(n)
+    for k in (2, 3, 5):
+        r += rng.uniform(0, 0.35 / k * 2) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+    r = radius * r / r.max()
+    return np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
+
+
+def _fill(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask (level 0) of a polygon given as x, y vertices."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=1)
+    return np.asarray(canvas, bool)
+
+
+def _upsample(a: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling by an integer factor, cut to `shape`."""
+    return np.repeat(np.repeat(a, factor, 0), factor, 1)[:shape[0], :shape[1]]
+
+
+def _tissue_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Smooth random tissue blobs covering roughly half of the slide."""
+    from scipy import ndimage
+
+    coarse = rng.standard_normal((16, 16)).astype(np.float32)
+    coarse = ndimage.gaussian_filter(coarse, 2.0, mode="constant")
+    # Fade towards the borders, as tissue sits in the middle of a glass slide.
+    ramp = np.minimum.outer(*[np.minimum(np.arange(16), np.arange(16)[::-1]) / 4.0] * 2)
+    coarse = coarse * np.minimum(1.0, ramp) + 0.3 * ramp.clip(0, 1)
+    field = ndimage.zoom(coarse, size / 64, order=1)  # 1/4 resolution, 4-pixel steps
+    return _upsample(field > np.quantile(field, 0.5), 4, (size, size))
+
+
+def _dots(rng: np.random.Generator, shape: tuple[int, int], sigma: float,
+          fraction: float) -> np.ndarray:
+    """Boolean dot texture ("nuclei"): the top `fraction` of smoothed noise made at half
+    resolution."""
+    from scipy import ndimage
+
+    half = (-(-shape[0] // 2), -(-shape[1] // 2))
+    noise = ndimage.gaussian_filter(rng.standard_normal(half).astype(np.float32), sigma / 2)
+    dots = noise > np.quantile(noise[::4, ::4], 1 - fraction)
+    return _upsample(dots, 2, shape)
+
+
+def _place_lesions(rng: np.random.Generator, tissue: np.ndarray, count: int,
+                   style: str) -> list[SyntheticLesion]:
+    """Non-touching lesions centred in tissue, away from the slide border."""
+    size = tissue.shape[0]
+    gap = size / 64  # keeps neighbours apart at pyramid level 3 and above
+    lesions, placed = [], []  # placed: (cx, cy, radius)
+    for _ in range(50 * count):
+        if len(lesions) == count:
+            break
+        radius = float(np.exp(rng.uniform(np.log(size / 200), np.log(size / 8))))
+        cx, cy = rng.uniform(radius + gap, size - radius - gap, 2)
+        if not tissue[int(cy), int(cx)]:
+            continue
+        if any(np.hypot(cx - x, cy - y) < radius + r + gap for x, y, r in placed):
+            continue
+        placed.append((cx, cy, radius))
+        group = "metastases" if style == "camelyon17" else f"_{len(lesions) % 2}"
+        lesions.append(SyntheticLesion(_blob(rng, cx, cy, radius), group))
+    if style == "camelyon16" and lesions:
+        big = int(np.argmax([r for _, _, r in placed]))
+        cx, cy, r = placed[big]
+        lesions[big] = dataclasses.replace(lesions[big], hole=_blob(rng, cx, cy, 0.35 * r))
+    return lesions
+
+
+def render_slide(rng: np.random.Generator, size: int, lesions_range: tuple[int, int] | None,
+                 xml_style: str = "camelyon17") -> tuple[np.ndarray, list[SyntheticLesion]]:
+    """Level-0 RGB image (size x size, uint8) and its lesions (none when `lesions_range` is
+    None)."""
+    tissue = _tissue_mask(rng, size)
+    classes = np.where(tissue, np.uint8(TISSUE), np.uint8(BACKGROUND))
+    classes[tissue & _dots(rng, (size, size), sigma=1.5, fraction=0.12)] = TISSUE_NUCLEUS
+    lesions = []
+    if lesions_range is not None:
+        lesions = _place_lesions(rng, tissue, int(rng.integers(*lesions_range, endpoint=True)),
+                                 xml_style)
+        _paint_lesions(rng, classes, lesions)
+    return PALETTE[classes], lesions
+
+
+def _paint_lesions(rng: np.random.Generator, classes: np.ndarray,
+                   lesions: Sequence[SyntheticLesion]) -> None:
+    """Marks each lesion (minus its hole) with the lesion texture in the class map, in place."""
+    for lesion in lesions:
+        x0, y0 = np.floor(lesion.points.min(0)).astype(int).clip(0)
+        x1, y1 = np.ceil(lesion.points.max(0)).astype(int) + 1
+        box = classes[y0:y1, x0:x1]
+        inside = _fill(lesion.points - (x0, y0), box.shape)
+        if lesion.hole is not None:
+            inside &= ~_fill(lesion.hole - (x0, y0), box.shape)
+        nuclei = _dots(rng, box.shape, sigma=3.0, fraction=0.3)
+        box[inside] = np.where(nuclei, np.uint8(LESION_NUCLEUS), np.uint8(LESION))[inside]
+
+
+def pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
+    """`levels` images, each half the previous one (2x2 mean, odd edges dropped), uint8."""
+    out = [np.asarray(image, np.uint8)]
+    for _ in range(levels - 1):
+        a = out[-1]
+        h, w = a.shape[0] // 2, a.shape[1] // 2
+        total = a[0:2 * h:2, 0:2 * w:2].astype(np.uint16) + 2  # + 2: round to nearest
+        for dy, dx in ((0, 1), (1, 0), (1, 1)):
+            total += a[dy:2 * h:2, dx:2 * w:2]
+        out.append((total >> 2).astype(np.uint8))
+    return out
+
+
+def write_pyramidal_tiff(path: str, image: np.ndarray, levels: int = 5,
+                         tile_size: int = 256) -> None:
+    """Writes a tiled, zlib-compressed pyramidal TIFF (one page per level) atomically."""
+    import tifffile
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with tifffile.TiffWriter(tmp) as tiff:
+            for i, level in enumerate(pyramid(image, levels)):
+                tiff.write(level, photometric="rgb", tile=(tile_size, tile_size),
+                           compression="zlib", compressionargs={"level": 1},
+                           subfiletype=1 if i else 0, metadata=None)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def asap_xml(lesions: Sequence[SyntheticLesion]) -> str:
+    """ASAP annotation XML (as CAMELYON distributes it) of the lesions and their holes."""
+    root = ET.Element("ASAP_Annotations")
+    annotations = ET.SubElement(root, "Annotations")
+    polygons = [(lesion.points, lesion.group) for lesion in lesions]
+    polygons += [(lesion.hole, "_2") for lesion in lesions if lesion.hole is not None]
+    for i, (points, group) in enumerate(polygons):
+        annotation = ET.SubElement(annotations, "Annotation", Name=f"Annotation {i}",
+                                   Type="Polygon", PartOfGroup=group, Color="#F4FA58")
+        coordinates = ET.SubElement(annotation, "Coordinates")
+        for order, (x, y) in enumerate(points):
+            ET.SubElement(coordinates, "Coordinate", Order=str(order), X=f"{x:.4f}",
+                          Y=f"{y:.4f}")
+    groups = ET.SubElement(root, "AnnotationGroups")
+    for name in sorted({group for _, group in polygons}):
+        group = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color="#FF0000")
+        ET.SubElement(group, "Attributes")
+    ET.indent(root)
+    return '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0, *,
+                          size: int = 2048, levels: int = 5, tile_size: int = 256,
+                          nodes_per_patient: int = 1,
+                          lesions_per_slide: tuple[int, int] = (3, 6),
+                          xml_style: str = "camelyon17") -> list[str]:
+    """Writes a synthetic CAMELYON17-style slide tree; returns the slide paths (sorted).
+
+    size: level-0 width = height in pixels; levels: pyramid levels (level k is size / 2**k);
+    lesions_per_slide: inclusive range of lesions in a lesion slide; xml_style: "camelyon17"
+    (group `metastases`) or "camelyon16" (`_0`/`_1` lesions, `_2` exclusions). Existing files
+    are rewritten; every file appears atomically.
+    """
+    if xml_style not in ("camelyon17", "camelyon16"):
+        raise ValueError(f"xml_style must be 'camelyon17' or 'camelyon16', got {xml_style!r}")
+    if num_patients < 1 or nodes_per_patient < 1:
+        raise ValueError("num_patients and nodes_per_patient must be >= 1")
+    if size < 2 ** (levels - 1) * 16:
+        raise ValueError(f"size {size} too small for {levels} pyramid levels")
+    annotation_dir = os.path.join(output_dir, "lesion_annotations")
+    os.makedirs(annotation_dir, exist_ok=True)
+    paths = []
+    for i in range(num_patients):
+        patient = patient_number(i)
+        center = patient // PATIENTS_PER_CENTER
+        has_lesions = (i // NUM_CENTERS) % 2 == 0
+        for node in range(nodes_per_patient):
+            rng = np.random.default_rng([seed, patient, node])
+            name = f"patient_{patient:03d}_node_{node}"
+            image, lesions = render_slide(rng, size, lesions_per_slide if has_lesions else None,
+                                          xml_style)
+            slide_dir = os.path.join(output_dir, f"center_{center}")
+            os.makedirs(slide_dir, exist_ok=True)
+            path = os.path.join(slide_dir, f"{name}.tif")
+            write_pyramidal_tiff(path, image, levels, tile_size)
+            if lesions:
+                _write_text_atomic(os.path.join(annotation_dir, f"{name}.xml"), asap_xml(lesions))
+            paths.append(path)
+    return sorted(paths)
