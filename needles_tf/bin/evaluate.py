@@ -10,8 +10,7 @@ import sys
 
 from absl import app, flags
 
-from needles_tf.data.records import DatasetError
-from needles_tf.evaluation.evaluate import evaluate
+from needles_tf.data import records
 from needles_tf.training import run_dir
 
 FLAGS = flags.FLAGS
@@ -41,11 +40,16 @@ def main(argv):
             sys.exit(f"needles-evaluate: error: --{name} is required")
     output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}.json")
     try:
+        # Paths first, so that a typo is reported without waiting for TensorFlow to load.
+        run_dir.best_model_path(FLAGS.model_dir)
+        records.split_metadata(records.read_metadata(FLAGS.data_dir), FLAGS.split, FLAGS.data_dir)
+        from needles_tf.evaluation.evaluate import evaluate
+
         model = run_dir.load_best_model(FLAGS.model_dir)
         result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
         result = {"model_dir": FLAGS.model_dir, **result}
         run_dir.write_json_atomic(output, result)
-    except (run_dir.RunDirError, DatasetError, ValueError, OSError) as e:
+    except (run_dir.RunDirError, records.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")
     print(_format(result))
     print(f"metrics written to {output}")

@@ -11,7 +11,6 @@ import sys
 
 from absl import app, flags
 
-from needles_tf.serving.export import export_saved_model
 from needles_tf.training import run_dir
 
 FLAGS = flags.FLAGS
@@ -27,6 +26,9 @@ def main(argv):
         sys.exit("needles-export: error: --model_dir is required")
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "saved_model")
     try:
+        run_dir.best_model_path(FLAGS.model_dir)  # before waiting for TensorFlow to load
+        from needles_tf.serving.export import export_saved_model
+
         model = run_dir.load_best_model(FLAGS.model_dir)
         path = export_saved_model(model, export_dir)
     except (run_dir.RunDirError, ValueError, OSError) as e:

@@ -14,8 +14,6 @@ import sys
 
 from absl import app, flags
 
-from needles_tf.serving.predict import PredictError, load_serving_model, predict_files
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "SavedModel directory written by needles-export.")
 flags.DEFINE_string("heatmap_dir", None, "If set, write <file name>.heatmap.png per image: the "
@@ -26,18 +24,10 @@ flags.DEFINE_boolean("strict", False, "Stop at the first file that cannot be use
 PROG = "needles-predict"
 
 
-def _predict(model, files, out) -> int:
-    """Writes one JSON line per usable file to `out`; returns how many files were skipped."""
-    skipped = []
-
-    def report(path, message):
-        skipped.append(path)
-        print(f"{PROG}: skipped {message}", file=sys.stderr)
-
-    for record in predict_files(model, files, FLAGS.heatmap_dir, FLAGS.strict, report):
+def _write_lines(records, out) -> None:
+    for record in records:
         out.write(json.dumps(record) + "\n")
         out.flush()
-    return len(skipped)
 
 
 def main(argv):
@@ -46,22 +36,32 @@ def main(argv):
         sys.exit(f"{PROG}: error: --saved_model is required")
     if not files:
         sys.exit(f"{PROG}: error: no image files given")
+    # Imported after the checks above, so that they need not wait for TensorFlow to load.
+    from needles_tf.serving.predict import PredictError, load_serving_model, predict_files
+
+    skipped = []
+
+    def report(path, message):
+        skipped.append(path)
+        print(f"{PROG}: skipped {message}", file=sys.stderr)
+
     try:
         model = load_serving_model(FLAGS.saved_model)
+        records = predict_files(model, files, FLAGS.heatmap_dir, FLAGS.strict, report)
         if FLAGS.output is None:
-            skipped = _predict(model, files, sys.stdout)
+            _write_lines(records, sys.stdout)
         else:  # finished lines are kept even when a --strict error stops the run
             tmp = f"{FLAGS.output}.tmp-{os.getpid()}"
             try:
                 with open(tmp, "w") as out:
-                    skipped = _predict(model, files, out)
+                    _write_lines(records, out)
             finally:
                 if os.path.exists(tmp):
                     os.replace(tmp, FLAGS.output)
     except (PredictError, OSError) as e:
         sys.exit(f"{PROG}: error: {e}")
     if skipped:
-        sys.exit(f"{PROG}: error: {skipped} of {len(files)} files skipped")
+        sys.exit(f"{PROG}: error: {len(skipped)} of {len(files)} files skipped")
 
 
 def run():
