@@ -85,10 +85,12 @@ def test_evaluate_on_a_tiny_dataset(data_dir, run):
     assert tn + fp + fn + tp == 200 and 0 < tp + fp < 200
 
 
-def test_evaluate_rejects_a_dataset_that_does_not_fit(data_dir, tmp_path):
+def test_evaluate_rejects_a_dataset_that_does_not_fit(data_dir, run, tmp_path):
     rgb_model, _ = make_run_dir(tmp_path / "rgb", channels=3)
     with pytest.raises(ValueError, match=r"1 channel\(s\), the model takes 3"):
         evaluate(rgb_model, data_dir)
+    with pytest.raises(ValueError, match="split 'val' has no images"):
+        evaluate(run[0], data_dir, "val")
 
 
 def test_evaluate_binary(data_dir, run, tmp_path):
@@ -97,18 +99,18 @@ def test_evaluate_binary(data_dir, run, tmp_path):
     processes = [
         start_binary("evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}"),
         start_binary("evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
-                     "--split=val", f"--output={output}"),  # an empty split
+                     "--split=validation", f"--output={output}"),
         start_binary("evaluate", f"--model_dir={model_dir}", f"--data_dir={tmp_path}/nothing"),
         start_binary("evaluate", f"--model_dir={tmp_path}/nothing", f"--data_dir={data_dir}"),
     ]
-    ok, empty, no_data, no_model = map(finish, processes)
+    ok, no_split, no_data, no_model = map(finish, processes)
     assert ok.returncode == 0, ok.stderr
     assert "accuracy" in ok.stdout and "confusion matrix" in ok.stdout
     with open(os.path.join(model_dir, "eval_test.json")) as f:
         saved = json.load(f)
     assert saved["count"] == 200 and saved["model_dir"] == model_dir
     assert not [n for n in os.listdir(model_dir) if ".tmp" in n]
-    for result, message in ((empty, "has no images"), (no_data, "dataset.json: not found"),
+    for result, message in ((no_split, "no split 'validation'"), (no_data, "dataset.json: not found"),
                             (no_model, "no best model")):
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         line = last_line(result.stderr)

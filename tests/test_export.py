@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -49,12 +50,13 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved_model(run):
-    """Exported by the binary, to its default place."""
-    _, model_dir = run
-    result = finish(start_binary("export", f"--model_dir={model_dir}"))
-    assert result.returncode == 0, result.stderr
-    assert "SavedModel written to" in result.stdout
-    return os.path.join(model_dir, "saved_model")
+    model, model_dir = run
+    return export_saved_model(model, os.path.join(model_dir, "saved_model"))
+
+
+@pytest.fixture(scope="module")
+def serving(saved_model):
+    return load_serving_model(saved_model)
 
 
 def test_plain_tensorflow_and_saved_model_cli_give_the_keras_outputs(run, saved_model, tmp_path):
@@ -100,27 +102,18 @@ def test_plain_tensorflow_and_saved_model_cli_give_the_keras_outputs(run, saved_
                                keras_probabilities(model, inputs[1]), atol=1e-5)
 
 
-def test_too_small_images_are_refused(saved_model):
-    serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+def test_too_small_images_are_refused(serving):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"at least 3 x 3 pixels"):
-        serve(images=tf.zeros((1, 2, 40, 1)))
-    model = load_serving_model(saved_model)
-    assert (model.channels, model.min_size) == (1, 3)
+        serving.signature(images=tf.zeros((1, 2, 40, 1)))
+    assert (serving.channels, serving.min_size) == (1, 3)
 
 
-def test_export_replaces_a_saved_model_atomically_and_keeps_other_directories(run, tmp_path):
+def test_export_keeps_directories_that_are_not_saved_models(run, tmp_path):
     model, _ = run
-    target = tmp_path / "export"
-    target.mkdir()
-    (target / "notes.txt").write_text("not a SavedModel")
+    (tmp_path / "notes.txt").write_text("not a SavedModel")
     with pytest.raises(FileExistsError, match="not a SavedModel"):
-        export_saved_model(model, str(target))
-    assert (target / "notes.txt").exists()
-    (target / "notes.txt").unlink()  # an empty directory may be used
-    for _ in range(2):  # the second export replaces the first
-        assert export_saved_model(model, str(target)) == str(target)
-    assert sorted(os.listdir(tmp_path)) == ["export"]
-    assert load_serving_model(str(target)).channels == 1
+        export_saved_model(model, str(tmp_path))
+    assert os.listdir(tmp_path) == ["notes.txt"]
 
 
 def write_images(directory: pathlib.Path) -> dict[str, np.ndarray]:
@@ -143,10 +136,9 @@ def write_images(directory: pathlib.Path) -> dict[str, np.ndarray]:
             "unit.npy": unit, "rgb.npy": rgb_as_grey}
 
 
-def test_predict_files_of_every_format(run, saved_model, tmp_path):
+def test_predict_files_of_every_format(run, serving, tmp_path):
     model, _ = run
     expected = write_images(tmp_path)
-    serving = load_serving_model(saved_model)
     heatmaps = tmp_path / "heatmaps"
     records = list(predict_files(serving, [str(tmp_path / name) for name in expected],
                                  heatmap_dir=str(heatmaps), strict=True))
@@ -162,6 +154,11 @@ def test_predict_files_of_every_format(run, saved_model, tmp_path):
         assert pixels.std() > 0
     assert sorted(os.listdir(heatmaps)) == sorted(f"{name}.heatmap.png" for name in expected)
     json.dumps(records)
+
+
+def test_load_errors_name_the_directory(tmp_path):
+    with pytest.raises(PredictError, match=f"^{tmp_path}: not a SavedModel directory"):
+        load_serving_model(str(tmp_path))
 
 
 def test_channel_conversion():
@@ -183,19 +180,18 @@ def test_channel_conversion():
     ("image.jp2", None, "unsupported file type '.jp2'"),
     ("missing.png", False, "no such file"),
 ])
-def test_bad_files_get_one_line_errors_naming_them(saved_model, tmp_path, name, array, message):
+def test_bad_files_get_one_line_errors_naming_them(serving, tmp_path, name, array, message):
     path = tmp_path / name
     if array is None:
         path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     elif array is not False:
         np.save(path, array)
     with pytest.raises(PredictError, match=message) as error:
-        predict_file(load_serving_model(saved_model), str(path))
+        predict_file(serving, str(path))
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
 
 
-def test_a_bad_file_is_skipped_in_a_batch_and_strict_stops(saved_model, tmp_path):
-    serving = load_serving_model(saved_model)
+def test_a_bad_file_is_skipped_in_a_batch_and_strict_stops(serving, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     good = [tmp_path / "a" / "x.npy", tmp_path / "b" / "x.npy"]
@@ -218,13 +214,20 @@ def test_a_bad_file_is_skipped_in_a_batch_and_strict_stops(saved_model, tmp_path
     assert len(done) == 1
 
 
-def test_binaries_report_bad_input_on_one_line(run, saved_model, tmp_path):
+def test_binaries(run, saved_model, tmp_path):
+    """needles-export (replacing an earlier export atomically) and needles-predict on good
+    and bad input; bad input gives a one-line error."""
+    _, model_dir = run
+    run_copy = tmp_path / "run_copy"
+    shutil.copytree(model_dir, run_copy)
+    stale = os.path.getmtime(run_copy / "saved_model" / "saved_model.pb")
     empty_run = tmp_path / "empty_run"
     empty_run.mkdir()
     good = tmp_path / "good.npy"
     np.save(good, np.zeros((33, 40), np.uint8))
     (tmp_path / "bad.png").write_bytes(b"not an image")
     output = tmp_path / "predictions.jsonl"
+    export = start_binary("export", f"--model_dir={run_copy}")
     cases = {
         "export missing model_dir": (
             start_binary("export", f"--model_dir={tmp_path}/nothing"),
@@ -234,9 +237,9 @@ def test_binaries_report_bad_input_on_one_line(run, saved_model, tmp_path):
             "needles-export: error: ", "best.keras: no best model"),
         "export without flags": (start_binary("export"), "needles-export: error: ",
                                  "--model_dir is required"),
-        "predict missing saved_model": (
-            start_binary("predict", f"--saved_model={tmp_path}", str(good)),
-            "needles-predict: error: ", "not a SavedModel directory"),
+        "predict without files": (
+            start_binary("predict", f"--saved_model={saved_model}"),
+            "needles-predict: error: ", "no image files given"),
         "predict with a bad file": (
             start_binary("predict", f"--saved_model={saved_model}", f"--output={output}",
                          f"--heatmap_dir={tmp_path}/maps", str(good), str(tmp_path / "bad.png")),
@@ -247,6 +250,13 @@ def test_binaries_report_bad_input_on_one_line(run, saved_model, tmp_path):
         assert result.returncode != 0 and "Traceback" not in result.stderr, (name, result.stderr)
         line = last_line(result.stderr)
         assert line.startswith(prefix) and message in line, (name, line)
+    exported = finish(export)
+    assert exported.returncode == 0, exported.stderr
+    assert f"SavedModel written to {run_copy / 'saved_model'}" in exported.stdout
+    assert os.path.getmtime(run_copy / "saved_model" / "saved_model.pb") > stale
+    assert sorted(os.listdir(run_copy)) == ["best.keras", "saved_model"]
+    assert load_serving_model(str(run_copy / "saved_model")).min_size == 3
+
     lines = output.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["file"] == str(good)
     assert os.listdir(tmp_path / "maps") == ["good.npy.heatmap.png"]
