@@ -110,7 +110,8 @@ def test_evaluate_binary(data_dir, run, tmp_path):
         saved = json.load(f)
     assert saved["count"] == 200 and saved["model_dir"] == model_dir
     assert not [n for n in os.listdir(model_dir) if ".tmp" in n]
-    for result, message in ((no_split, "no split 'validation'"), (no_data, "dataset.json: not found"),
+    for result, message in ((no_split, "no split 'validation'"),
+                            (no_data, "dataset.json: not found"),
                             (no_model, "no best model")):
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         line = last_line(result.stderr)

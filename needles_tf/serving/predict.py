@@ -36,6 +36,7 @@ class ServingModel:
 
     @property
     def signature(self) -> Callable[..., dict[str, tf.Tensor]]:
+        """The serving_default function: images=[N, H, W, C] -> probability, logits, ..."""
         return self.loaded.signatures[SIGNATURE]
 
 
