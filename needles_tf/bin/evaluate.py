@@ -1,0 +1,63 @@
+"""needles-evaluate: metrics of a run's best model on a dataset split, printed and saved as JSON.
+
+  needles-evaluate --model_dir=runs/demo --data_dir=tfrecords/nmnist_64_2_embedded --split=test
+
+Writes <model_dir>/eval_<split>.json unless --output names another file.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from needles_tf.data import records
+from needles_tf.training import run_dir
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Run directory of needles-train (holds best.keras).")
+flags.DEFINE_string("data_dir", None, "Dataset directory (TFRecords + dataset.json).")
+flags.DEFINE_string("split", "test", "Split to evaluate: train, val or test.")
+flags.DEFINE_string("output", None, "JSON file for the metrics; default "
+                    "<model_dir>/eval_<split>.json.")
+flags.DEFINE_integer("batch_size", 32, "Images per batch.", lower_bound=1)
+
+
+def _format(result: dict) -> str:
+    (tn, fp), (fn, tp) = result["confusion_matrix"]
+    scores = "  ".join(f"{key} {result[key]:.4f}" if result[key] is not None else f"{key} n/a"
+                       for key in ("accuracy", "precision", "recall", "auc",
+                                   "average_precision"))
+    return (f"{result['data_dir']} [{result['split']}], {result['count']} images: {scores}\n"
+            f"confusion matrix (rows true 0/1, columns predicted 0/1): [[{tn}, {fp}], "
+            f"[{fn}, {tp}]]")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for name in ("model_dir", "data_dir"):
+        if not FLAGS[name].value:
+            sys.exit(f"needles-evaluate: error: --{name} is required")
+    output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}.json")
+    try:
+        # Paths first, so that a typo is reported without waiting for TensorFlow to load.
+        run_dir.best_model_path(FLAGS.model_dir)
+        records.split_metadata(records.read_metadata(FLAGS.data_dir), FLAGS.split, FLAGS.data_dir)
+        from needles_tf.evaluation.evaluate import evaluate
+
+        model = run_dir.load_best_model(FLAGS.model_dir)
+        result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
+        result = {"model_dir": FLAGS.model_dir, **result}
+        run_dir.write_json_atomic(output, result)
+    except (run_dir.RunDirError, records.DatasetError, ValueError, OSError) as e:
+        sys.exit(f"needles-evaluate: error: {e}")
+    print(_format(result))
+    print(f"metrics written to {output}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

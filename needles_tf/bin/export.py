@@ -1,0 +1,45 @@
+"""needles-export: a run's best model as a SavedModel for serving.
+
+  needles-export --model_dir=runs/demo [--export_dir=runs/demo/saved_model]
+
+Signature serving_default: images float32 [N, H, W, C] in [0, 1] -> probability [N],
+logits [N, 2], evidence_map [N, h, w, 2]. Inspect with `saved_model_cli show --dir DIR --all`.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from needles_tf.training import run_dir
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Run directory of needles-train (holds best.keras).")
+flags.DEFINE_string("export_dir", None, "SavedModel directory; default <model_dir>/saved_model. "
+                    "An existing SavedModel there is replaced.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.model_dir:
+        sys.exit("needles-export: error: --model_dir is required")
+    export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "saved_model")
+    try:
+        run_dir.best_model_path(FLAGS.model_dir)  # before waiting for TensorFlow to load
+        from needles_tf.serving.export import export_saved_model
+
+        model = run_dir.load_best_model(FLAGS.model_dir)
+        path = export_saved_model(model, export_dir)
+    except (run_dir.RunDirError, ValueError, OSError) as e:
+        sys.exit(f"needles-export: error: {e}")
+    print(f"SavedModel written to {path} (signature serving_default: images "
+          f"[N, H, W, {model.input_shape[-1]}] -> probability, logits, evidence_map)")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,72 @@
+"""needles-predict: needle probabilities of image files from an exported SavedModel.
+
+  needles-predict --saved_model=runs/demo/saved_model --heatmap_dir=heatmaps a.png b.tif c.npy
+
+Prints one JSON line per image ({file, probability, label, height, width[, heatmap]}), or writes
+them to --output. A file that cannot be used is reported on stderr and skipped (the exit status
+is then 1); --strict stops at the first one instead. Grey images are repeated to RGB for RGB
+models, RGB images averaged to grey for grey models.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("saved_model", None, "SavedModel directory written by needles-export.")
+flags.DEFINE_string("heatmap_dir", None, "If set, write <file name>.heatmap.png per image: the "
+                    "evidence map (red: needle, blue: none) over the image.")
+flags.DEFINE_string("output", None, "JSON lines file; default stdout.")
+flags.DEFINE_boolean("strict", False, "Stop at the first file that cannot be used.")
+
+PROG = "needles-predict"
+
+
+def _write_lines(records, out) -> None:
+    for record in records:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+
+def main(argv):
+    files = argv[1:]
+    if not FLAGS.saved_model:
+        sys.exit(f"{PROG}: error: --saved_model is required")
+    if not files:
+        sys.exit(f"{PROG}: error: no image files given")
+    # Imported after the checks above, so that they need not wait for TensorFlow to load.
+    from needles_tf.serving.predict import PredictError, load_serving_model, predict_files
+
+    skipped = []
+
+    def report(path, message):
+        skipped.append(path)
+        print(f"{PROG}: skipped {message}", file=sys.stderr)
+
+    try:
+        model = load_serving_model(FLAGS.saved_model)
+        records = predict_files(model, files, FLAGS.heatmap_dir, FLAGS.strict, report)
+        if FLAGS.output is None:
+            _write_lines(records, sys.stdout)
+        else:  # finished lines are kept even when a --strict error stops the run
+            tmp = f"{FLAGS.output}.tmp-{os.getpid()}"
+            try:
+                with open(tmp, "w") as out:
+                    _write_lines(records, out)
+            finally:
+                if os.path.exists(tmp):
+                    os.replace(tmp, FLAGS.output)
+    except (PredictError, OSError) as e:
+        sys.exit(f"{PROG}: error: {e}")
+    if skipped:
+        sys.exit(f"{PROG}: error: {len(skipped)} of {len(files)} files skipped")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,132 @@
+"""Prediction with an exported SavedModel on image files: probabilities and evidence heatmaps.
+
+Needs only TensorFlow and the SavedModel (see `export.py` for its signature), not the Keras
+model or its code. Images are read by `images.read_image` (PNG, TIFF, NPY; any size) and
+converted to the model's channel count by `images.fit_channels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from needles_tf.serving.export import INPUT, MIN_SIZE_COLLECTION, SIGNATURE
+from needles_tf.serving.heatmap import write_heatmap
+from needles_tf.serving.images import ImageError, fit_channels, read_image
+
+THRESHOLD = 0.5  # label 1 when the needle probability is above it (as in the metrics)
+
+
+class PredictError(ValueError):
+    """A SavedModel or image that cannot be used; the message names the path and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingModel:
+    """A loaded serving SavedModel: its signature, channel count and minimum image size."""
+    path: str
+    loaded: Any  # the tf.saved_model.load object; owns the variables the signature reads
+    channels: int
+    min_size: int
+
+    @property
+    def signature(self) -> Callable[..., dict[str, tf.Tensor]]:
+        """The serving_default function: images=[N, H, W, C] -> probability, logits, ..."""
+        return self.loaded.signatures[SIGNATURE]
+
+
+def load_serving_model(path: str) -> ServingModel:
+    """Loads a SavedModel written by `export_saved_model`; PredictError naming the path."""
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise PredictError(f"{path}: not a SavedModel directory (no saved_model.pb); write one "
+                           "with needles-export")
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise PredictError(f"{path}: cannot load the SavedModel ({type(e).__name__})") from e
+    if SIGNATURE not in loaded.signatures:
+        raise PredictError(f"{path}: no {SIGNATURE!r} signature (has {list(loaded.signatures)})")
+    signature = loaded.signatures[SIGNATURE]
+    spec = signature.structured_input_signature[1].get(INPUT)
+    if spec is None or spec.shape.rank != 4 or spec.shape[-1] is None:
+        raise PredictError(f"{path}: {SIGNATURE!r} does not take {INPUT!r} [N, H, W, C] images")
+    collection = getattr(loaded, MIN_SIZE_COLLECTION, None)
+    min_size = int(collection[0].numpy()) if collection else 1
+    return ServingModel(path, loaded, int(spec.shape[-1]), min_size)
+
+
+def predict_image(model: ServingModel, image: np.ndarray) -> tuple[float, np.ndarray]:
+    """(needle probability, evidence map [h, w] = class-1 minus class-0 evidence) of one image.
+
+    `image` is float32 [H, W, model.channels] in [0, 1] and at least `model.min_size` pixels high
+    and wide (ValueError otherwise).
+    """
+    height, width = image.shape[:2]
+    if min(height, width) < model.min_size:
+        raise ValueError(f"image is {height} x {width} pixels; the model needs at least "
+                         f"{model.min_size} x {model.min_size}")
+    outputs = model.signature(**{INPUT: tf.constant(image[None], tf.float32)})
+    evidence = outputs["evidence_map"][0].numpy()
+    return float(outputs["probability"][0]), evidence[..., 1] - evidence[..., 0]
+
+
+def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None) -> dict[str, Any]:
+    """{file, probability, label, height, width[, heatmap]} for one image file.
+
+    With `heatmap_path`, also writes the evidence heatmap PNG there (the image's size).
+    Raises PredictError naming the file when it cannot be read or does not fit the model.
+    """
+    try:
+        image = fit_channels(read_image(path), model.channels, path)
+        probability, evidence = predict_image(model, image)
+    except ImageError as e:
+        raise PredictError(str(e)) from e
+    except ValueError as e:
+        raise PredictError(f"{path}: {e}") from e
+    except tf.errors.OpError as e:  # e.g. out of memory on a huge image
+        first_line = (e.message or "").strip().splitlines()[:1]
+        raise PredictError(f"{path}: inference failed ({type(e).__name__}: "
+                           f"{first_line[0] if first_line else ''})") from e
+    record = {"file": path, "probability": probability, "label": int(probability > THRESHOLD),
+              "height": int(image.shape[0]), "width": int(image.shape[1])}
+    if heatmap_path:
+        write_heatmap(heatmap_path, image, evidence)
+        record["heatmap"] = heatmap_path
+    return record
+
+
+def _heatmap_names(paths: Iterable[str]) -> Iterator[str]:
+    """`<file name>.heatmap.png`, numbered when two files share a name."""
+    seen: dict[str, int] = {}
+    for path in paths:
+        name = os.path.basename(path)
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        yield f"{name}.heatmap.png" if count == 0 else f"{name}.{count}.heatmap.png"
+
+
+def predict_files(model: ServingModel, paths: Iterable[str], heatmap_dir: str | None = None,
+                  strict: bool = False,
+                  on_error: Callable[[str, str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Yields `predict_file` records in order, as each file is done.
+
+    A file that cannot be used raises PredictError with `strict`; otherwise it is reported
+    (`on_error(path, message)`, default: a logged warning) and skipped.
+    """
+    paths = list(paths)
+    if heatmap_dir:
+        os.makedirs(heatmap_dir, exist_ok=True)
+    report = on_error or (lambda path, message: logging.warning("skipped %s", message))
+    names = _heatmap_names(paths) if heatmap_dir else (None for _ in paths)
+    for path, name in zip(paths, names):
+        try:
+            yield predict_file(model, path, name and os.path.join(heatmap_dir, name))
+        except PredictError as e:
+            if strict:
+                raise
+            report(path, str(e))
