@@ -71,10 +71,25 @@ def select_indices(labels: np.ndarray, size: int | None, balance: float | None,
                                    rng.permutation(neg)[:num_neg]]))
 
 
+def stateless_shuffle(ds: tf.data.Dataset, buffer_size: int, seed) -> tf.data.Dataset:
+    """Shuffles `ds` in consecutive chunks of buffer_size elements, each chunk's permutation a
+    function of (seed, chunk index) alone (seed: int64 tensor [2]); one chunk when
+    buffer_size >= the dataset's size, i.e. a full shuffle."""
+    def permute(index, chunk):
+        count = tf.shape(tf.nest.flatten(chunk)[0])[0]
+        key = tf.stack([seed[0] * 1_000_003 + seed[1], index])
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda t: tf.gather(t, order), chunk))
+
+    return ds.batch(buffer_size).enumerate().flat_map(permute)
+
+
 def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
                  train_size: int | None = None, class_balance: float | None = None,
                  seed: int = 0, cache: str | bool = "auto", deterministic: bool = False,
-                 drop_remainder: bool = False, verify: bool = True) -> tf.data.Dataset:
+                 drop_remainder: bool = False, verify: bool = True,
+                 epochs: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Batches (image float32 [B, H, W, C] in [0, 1], label int32 [B]) of one split.
 
     training: shuffle every epoch (and oversample with class_balance); one pass is one epoch.
@@ -83,6 +98,9 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
     deterministic: fixed element order for a seed (slower); evaluation always reads in file
     order.
     verify: check the shards' sha256 against dataset.json first (clear error naming the file).
+    epochs: (first, last) makes a training dataset of the epochs first .. last - 1 back to
+    back, each epoch's order a function of (seed, epoch) alone, so a run resumed at epoch k
+    sees exactly what an uninterrupted one would (the cache is filled once).
     """
     if class_balance is not None and not 0.0 < class_balance < 1.0:
         raise ValueError(f"class_balance must be in (0, 1), got {class_balance}")
@@ -153,20 +171,49 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
         shuffle_buffer = selected if cache_at == "encoded" else SHUFFLE_BYTES // record_bytes
         decoded = False
 
+    batches = selected // batch_size if drop_remainder else -(-selected // batch_size)
     if training:
         shuffle_buffer = max(1, min(selected, shuffle_buffer))
-        if class_balance is not None:
-            streams = [ds.filter(lambda _, label, c=c: tf.equal(label, c))
-                       .shuffle(shuffle_buffer, seed=seed + c).repeat() for c in (0, 1)]
-            ds = tf.data.Dataset.sample_from_datasets(
-                streams, weights=[0.5, 0.5], seed=seed, rerandomize_each_iteration=True)
-            ds = ds.take(selected)
-        else:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if not decoded:
-            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=ordered)
 
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        def one_epoch(epoch_seed, reshuffle: bool):
+            """One epoch's images, batched: reshuffled on each pass, or (reshuffle False) in an
+            order that is a function of the int64 tensor epoch_seed alone."""
+            if class_balance is not None:
+                streams = [ds.filter(lambda _, label, c=c: tf.equal(label, c)) for c in (0, 1)]
+                if reshuffle:
+                    streams = [s.shuffle(shuffle_buffer, seed=seed + c).repeat()
+                               for c, s in enumerate(streams)]
+                    epoch = tf.data.Dataset.sample_from_datasets(
+                        streams, weights=[0.5, 0.5], seed=seed,
+                        rerandomize_each_iteration=True).take(selected)
+                else:  # each pass over a class stream and each coin keyed by (epoch, ...)
+                    streams = [tf.data.Dataset.range(1 << 62).flat_map(
+                        lambda r, c=c, s=s: stateless_shuffle(
+                            s, shuffle_buffer, tf.stack([epoch_seed, 2 * r + c])))
+                        for c, s in enumerate(streams)]
+                    coins = tf.data.Dataset.range(selected).map(
+                        lambda i: tf.cast(tf.random.stateless_uniform(
+                            [], seed=tf.stack([epoch_seed, -1 - i])) < 0.5, tf.int64))
+                    epoch = tf.data.Dataset.choose_from_datasets(streams, coins)
+            elif reshuffle:
+                epoch = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            else:
+                epoch = stateless_shuffle(ds, shuffle_buffer, tf.stack([epoch_seed, -1]))
+            if not decoded:
+                epoch = epoch.map(decode, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+            return epoch.batch(batch_size, drop_remainder=drop_remainder)
+
+        if epochs is None:  # one pass per epoch, reshuffled each pass
+            ds = one_epoch(seed, reshuffle=True)
+        else:  # the epochs [first, last) back to back, each order a function of (seed, epoch)
+            first, last = epochs
+            ds = tf.data.Dataset.range(first, last).flat_map(
+                lambda e: one_epoch(tf.constant(seed, tf.int64) * 1_000_003 + e,
+                                    reshuffle=False))
+            batches *= max(last - first, 0)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))  # known length
     ds = ds.map(lambda image, label: (tf.cast(image, tf.float32) / 255.0, label),
                 num_parallel_calls=AUTOTUNE, deterministic=ordered)
     options = tf.data.Options()

@@ -43,16 +43,21 @@ def load_best_model(model_dir: str):
     return keras.models.load_model(best_model_path(model_dir))
 
 
-def read_summary(model_dir: str) -> dict[str, Any]:
-    """summary.json of a run; a clear error when it is missing or unreadable."""
-    path = os.path.join(model_dir, SUMMARY)
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file of a run; a clear error naming it when it is missing or unreadable."""
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise RunDirError(f"{path}: not found; is {model_dir!r} a needles-train model_dir?")
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path}: not valid JSON ({e})")
+        raise RunDirError(f"{path}: not found; is {os.path.dirname(path)!r} a needles-train "
+                          "model_dir?") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path}: cannot be read as JSON ({e})") from None
+
+
+def read_summary(model_dir: str) -> dict[str, Any]:
+    """summary.json of a run."""
+    return read_json(os.path.join(model_dir, SUMMARY))
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

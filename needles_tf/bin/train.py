@@ -1,0 +1,87 @@
+"""needles-train: train a BagNet on a schema-v1 dataset with the paper's protocol.
+
+  needles-train --flagfile=flags/train/paper.cfg --data_dir=tfrecords/nmnist_256_25_idx \
+      --model_dir=runs/nmnist_1.2/rf33_s1_max_seed0 --seed=0
+
+Re-running the same command resumes an interrupted run from its last finished epoch; a
+finished run is not trained again. Results: <model_dir>/summary.json, metrics.csv, logs/.
+"""
+
+import sys
+
+from absl import app, flags
+
+from needles_tf.bin import common
+from needles_tf.training import devices, run_dir
+from needles_tf.training.optimizers import OPTIMIZERS
+from needles_tf.training.schedule import REFERENCE_SIZE
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Dataset directory (dataset.json + TFRecords).")
+flags.DEFINE_string("model_dir", None, "Run directory (created; re-use resumes the run).")
+flags.DEFINE_integer("receptive_field", 33, "Receptive field preset: 9, 33 or 177.")
+flags.DEFINE_list("k3", None, "3x3 blocks per stage, e.g. 1,1,1,1 (overrides "
+                  "--receptive_field).")
+flags.DEFINE_float("width_scale", 1.0, "Capacity scale s (width 64*s).", lower_bound=0)
+flags.DEFINE_enum("pooling", "max", ["max", "mean", "logsumexp", "attention"], "Global pooling.")
+flags.DEFINE_boolean("normalization", True, "Instance normalisation in the encoder.")
+flags.DEFINE_integer("epochs", 200, "Epochs (scaled up for small --train_size).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Effective batch size.", lower_bound=1)
+flags.DEFINE_integer("micro_batch_size", None, "Images per step; gradients of batch_size / "
+                     "micro_batch_size steps are accumulated (default: batch_size).",
+                     lower_bound=1)
+flags.DEFINE_float("learning_rate", 5e-5, "Initial learning rate.", lower_bound=0)
+flags.DEFINE_list("lr_milestones", ["80", "120", "160"], "Epochs where the rate decays.")
+flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each milestone.")
+flags.DEFINE_enum("optimizer", "rmsprop", list(OPTIMIZERS), "Optimizer.")
+flags.DEFINE_integer("train_size", None, "Training images (nested subsets; default all).",
+                     lower_bound=1)
+flags.DEFINE_integer("reference_size", REFERENCE_SIZE, "Epochs and milestones are multiplied "
+                     "by reference_size // train_size when --train_size is set (0: never).",
+                     lower_bound=0)
+flags.DEFINE_float("class_balance", 0.5, "Positive fraction of the training set; the minority "
+                   "class is oversampled.", lower_bound=0.01, upper_bound=0.99)
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, selection and shuffling.")
+flags.DEFINE_enum("precision", "auto", list(devices.PRECISIONS), "auto: mixed_float16 on GPU, "
+                  "float32 on CPU.")
+flags.DEFINE_enum("strategy", "auto", list(devices.STRATEGIES), "auto: mirrored over several "
+                  "GPUs; multi_worker reads TF_CONFIG.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on GPU).")
+flags.DEFINE_enum("cache", "auto", ["auto", "memory", "none"], "Cache decoded images in memory.")
+flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", lower_bound=0)
+flags.DEFINE_integer("verbose", 1, "Keras progress: 1 bar, 2 one line per epoch, 0 none.")
+flags.mark_flags_as_required(["data_dir", "model_dir"])
+
+
+def main(argv):
+    common.no_arguments(argv)
+    from needles_tf.training.trainer import TrainConfig, TrainingError, train
+
+    config = TrainConfig(
+        data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir,
+        receptive_field=None if FLAGS.k3 else FLAGS.receptive_field,
+        k3=common.int_list("k3", FLAGS.k3), width_scale=FLAGS.width_scale,
+        pooling=FLAGS.pooling, normalization=FLAGS.normalization, epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, micro_batch_size=FLAGS.micro_batch_size,
+        learning_rate=FLAGS.learning_rate,
+        lr_milestones=common.int_list("lr_milestones", FLAGS.lr_milestones),
+        lr_decay=FLAGS.lr_decay, optimizer=FLAGS.optimizer, train_size=FLAGS.train_size,
+        reference_size=FLAGS.reference_size, class_balance=FLAGS.class_balance,
+        seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
+        jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, log_images=FLAGS.log_images)
+    try:
+        summary = train(config, verbose=FLAGS.verbose)
+    except (TrainingError, ValueError, run_dir.RunDirError) as e:
+        sys.exit(f"needles-train: error: {e}")
+    print(f"{FLAGS.model_dir}: best epoch {summary['best_epoch']}, "
+          f"val accuracy {summary['val_accuracy']:.4f}, "
+          f"test accuracy {summary['test_accuracy']:.4f}, "
+          f"epochs to fit {summary['epochs_to_fit']}, {summary['wall_seconds']:.0f} s")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,55 @@
+"""Distribution strategy and precision policy, chosen from what the machine has."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def num_gpus() -> int:
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """auto: MirroredStrategy over several local GPUs, else the default strategy.
+
+    multi_worker reads the cluster from TF_CONFIG (one process per host).
+    """
+    if name == "auto":
+        name = "mirrored" if num_gpus() > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy=multi_worker needs the cluster in the TF_CONFIG "
+                             "environment variable (see tf.distribute docs)")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+
+
+def resolve_precision(name: str) -> str:
+    """auto: mixed_float16 on a GPU, float32 on CPU."""
+    if name == "auto":
+        return "mixed_float16" if num_gpus() else "float32"
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+    return name
+
+
+def set_precision(name: str) -> str:
+    """Sets Keras' global dtype policy; returns the policy used."""
+    policy = resolve_precision(name)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy

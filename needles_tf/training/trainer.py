@@ -1,0 +1,235 @@
+"""One training run of the paper's protocol: data -> model -> fit -> run directory.
+
+`train(TrainConfig(...))` builds the BagNet for the dataset, fits it with the step schedule,
+validates after every epoch, keeps the best validation model, resumes an interrupted run from its
+last finished epoch (same history as an uninterrupted run with the same seed), and finally
+reports validation and test metrics of the best model in summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from needles_tf.data import dataset_info, make_dataset
+from needles_tf.evaluation.evaluate import evaluate
+from needles_tf.models import build_classifier, min_input_size
+from needles_tf.models.bagnet import resolve_k3
+from needles_tf.training import callbacks as cb
+from needles_tf.training import devices, run_dir
+from needles_tf.training.optimizers import make_optimizer
+from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs, step_learning_rate
+from needles_tf.training.tensorboard import log_input_images
+
+CONFIG = "config.json"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of a run (the needles-train flags)."""
+
+    data_dir: str
+    model_dir: str
+    receptive_field: int | None = 33
+    k3: Sequence[int] | None = None
+    width_scale: float = 1.0
+    pooling: str = "max"
+    normalization: bool = True
+    epochs: int = 200
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    learning_rate: float = 5e-5
+    lr_milestones: Sequence[int] = (80, 120, 160)
+    lr_decay: float = 0.1
+    optimizer: str = "rmsprop"
+    train_size: int | None = None
+    reference_size: int = REFERENCE_SIZE
+    class_balance: float | None = 0.5
+    seed: int = 0
+    precision: str = "auto"
+    strategy: str = "auto"
+    jit_compile: str = "auto"
+    cache: str = "auto"
+    deterministic: bool = False
+    log_images: int = 8
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["k3"] = list(resolve_k3(self.receptive_field if self.k3 is None else None, self.k3))
+        d["lr_milestones"] = list(self.lr_milestones)
+        d["data_dir"] = os.path.abspath(self.data_dir)
+        d["model_dir"] = os.path.abspath(self.model_dir)
+        return d
+
+
+def _prepare_model_dir(config: TrainConfig) -> None:
+    """Creates the model dir, checks it is writable and that it holds no other run."""
+    try:
+        os.makedirs(config.model_dir, exist_ok=True)
+        probe = os.path.join(config.model_dir, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"model_dir {config.model_dir!r} is not writable: {e.strerror}")
+    path = os.path.join(config.model_dir, CONFIG)
+    current = config.to_json()
+    if os.path.exists(path):
+        saved = run_dir.read_json(path)
+        changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+            raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
+                                "use a new --model_dir or delete the old one")
+    else:
+        run_dir.write_json_atomic(path, current)
+
+
+def _jit(setting: str) -> bool:
+    if setting == "auto":
+        return devices.num_gpus() > 0
+    if setting in ("true", "false"):
+        return setting == "true"
+    raise ValueError(f"jit_compile must be auto, true or false; got {setting!r}")
+
+
+def _accumulation_steps(config: TrainConfig, strategy: tf.distribute.Strategy) -> int:
+    micro = config.micro_batch_size or config.batch_size
+    if micro < 1 or config.batch_size % micro:
+        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of "
+                         f"micro_batch_size ({micro})")
+    steps = config.batch_size // micro
+    if steps > 1 and strategy.num_replicas_in_sync > 1:
+        raise ValueError("gradient accumulation (micro_batch_size < batch_size) is not supported "
+                         "by Keras under a multi-replica strategy; use --strategy=default or "
+                         "give each replica batch_size / replicas images")
+    return steps
+
+
+def _check_input_size(info: dict, config: TrainConfig) -> None:
+    k3 = resolve_k3(config.receptive_field if config.k3 is None else None, config.k3)
+    smallest = min_input_size(k3)
+    if info["height"] and min(info["height"], info["width"]) < smallest:
+        raise ValueError(f"{config.data_dir}: images of {info['height']}x{info['width']} are "
+                         f"smaller than the model's minimum input size {smallest} (k3={k3})")
+
+
+def train(config: TrainConfig, verbose: int | str = "auto",
+          extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+    """Runs (or resumes, or returns the result of a finished) training run; returns its summary.
+
+    verbose: Keras' progress display (1 bar, 2 a line per epoch, 0 none); extra_callbacks run
+    after ours, with the epoch logs complete.
+    """
+    summary_path = os.path.join(config.model_dir, run_dir.SUMMARY)
+    if os.path.exists(summary_path):
+        summary = run_dir.read_summary(config.model_dir)
+        if summary.get("status") == "finished":
+            return summary
+    info = dataset_info(config.data_dir, "train")
+    _check_input_size(info, config)
+    _prepare_model_dir(config)
+    start_time = time.time()
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:  # reproducible to the bit, at some cost in speed
+        tf.config.experimental.enable_op_determinism()
+    policy = devices.set_precision(config.precision)
+    strategy = devices.make_strategy(config.strategy)
+    accumulation = _accumulation_steps(config, strategy)
+    micro_batch = config.batch_size // accumulation
+    epochs, milestones = scale_epochs(config.epochs, config.lr_milestones, config.train_size,
+                                      config.reference_size)
+    schedule = step_learning_rate(config.learning_rate, milestones, config.lr_decay)
+
+    balance = config.class_balance
+    if balance is not None and abs(info["positives"] / max(info["count"], 1) - balance) < 1e-3:
+        balance = None  # the data already have this balance: plain shuffling, no oversampling
+    val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False, cache=config.cache)
+    images_per_epoch = config.train_size or info["count"]
+
+    with strategy.scope():
+        model = build_classifier(info["channels"], config.receptive_field, config.k3,
+                                 config.width_scale, config.pooling,
+                                 normalization=config.normalization)
+        model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate,
+                                               accumulation),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=_jit(config.jit_compile))
+    checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
+    initial_epoch = cb.EpochCheckpoint.restore(model, checkpoint_dir)
+    history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
+               if row["epoch"] <= initial_epoch]
+    log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
+    if initial_epoch == 0 and config.log_images:  # a separate dataset: train_ds's order is kept
+        log_input_images(log_dir, make_dataset(config.data_dir, "train", config.log_images,
+                                               training=False, verify=False))
+    # Each epoch's order depends on (seed, epoch) alone: a resumed run sees what an
+    # uninterrupted one would.
+    train_ds = make_dataset(config.data_dir, "train", micro_batch, training=True,
+                            train_size=config.train_size, class_balance=balance,
+                            seed=config.seed, cache=config.cache,
+                            deterministic=config.deterministic, epochs=(initial_epoch, epochs))
+    steps_per_epoch = -(-images_per_epoch // micro_batch)
+
+    guard = cb.NanGuard()
+    recorder = cb.EpochRecorder(config.model_dir, history)
+    callbacks = [guard, cb.EpochTimer(images_per_epoch), cb.ValidationMetrics(val_ds),
+                 keras.callbacks.LearningRateScheduler(schedule),
+                 recorder, cb.EpochCheckpoint(checkpoint_dir),
+                 keras.callbacks.TensorBoard(log_dir, write_graph=False), *extra_callbacks]
+    if initial_epoch < epochs:
+        model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
+    if guard.diverged_at is not None:
+        raise TrainingError(
+            f"the training loss became NaN/inf in epoch {guard.diverged_at + 1}; the last good "
+            f"checkpoint (epoch {len(recorder.history)}) is kept in {checkpoint_dir}; lower "
+            "--learning_rate or use --precision=float32")
+    return _finish(config, recorder.history, model.count_params(), policy, strategy,
+                   epochs, start_time)
+
+
+def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: str,
+            strategy: tf.distribute.Strategy, epochs: int, start_time: float) -> dict[str, Any]:
+    """Evaluates the best model on val and test and writes summary.json."""
+    best = max(history, key=lambda row: row["val_accuracy"])
+    model = run_dir.load_best_model(config.model_dir)
+    results = {split: evaluate(model, config.data_dir, split, config.batch_size)
+               for split in ("val", "test")}
+    fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
+    train_seconds = sum(row["train_seconds"] for row in history)
+    images = sum(row["images_per_second"] * row["train_seconds"] for row in history)
+    summary = {
+        "status": "finished",
+        "config": config.to_json(),
+        "epochs": epochs,
+        "parameters": num_params,
+        "precision": policy,
+        "replicas": strategy.num_replicas_in_sync,
+        "best_epoch": best["epoch"],
+        "val_accuracy": results["val"]["accuracy"],
+        "test_accuracy": results["test"]["accuracy"],
+        "val": results["val"],
+        "test": results["test"],
+        "epochs_to_fit": fit_epoch,
+        "final_train_accuracy": history[-1]["accuracy"],
+        "wall_seconds": round(time.time() - start_time, 1),
+        "train_seconds": round(train_seconds, 1),
+        "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
+    }
+    run_dir.write_json_atomic(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
+    checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
+    for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else ():
+        os.remove(os.path.join(checkpoint_dir, name))
+    return summary
