@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # needles_tf entry point.
-#   ./run.sh          the offline demo (main job)
-#   ./run.sh test     the test suite
+#   ./run.sh                 the offline demo (main job): nMNIST, train, export, predict
+#   ./run.sh demo-camelyon   the same on nCAMELYON crops of synthetic slides
+#   ./run.sh test            the test suite
 # The first call creates .venv/ and installs the package with its test extra.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,10 +27,13 @@ case "$cmd" in
     exec "$PY" -m pytest "$@"
     ;;
   demo)
-    exec "$PY" -m needles_tf.demo "$@"
+    exec "$PY" -m needles_tf.bin.demo "$@"
+    ;;
+  demo-camelyon)
+    exec "$PY" -m needles_tf.bin.demo --part=camelyon "$@"
     ;;
   *)
-    echo "usage: ./run.sh [demo|test] [args...]" >&2
+    echo "usage: ./run.sh [demo|demo-camelyon|test] [args...]" >&2
     exit 2
     ;;
 esac

@@ -48,7 +48,7 @@ def main(argv):
         model = run_dir.load_best_model(FLAGS.model_dir)
         result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
         result = {"model_dir": FLAGS.model_dir, **result}
-        run_dir.write_json_atomic(output, result)
+        records.write_json_atomic(output, result)
     except (run_dir.RunDirError, records.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")
     print(_format(result))

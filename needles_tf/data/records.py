@@ -191,7 +191,8 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes JSON to a temporary name, then renames it, so readers never see half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
@@ -410,14 +411,14 @@ def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
                     os.remove(tmp)
             finished[file] = {"file": file, "count": stop - start, "positives": positives,
                               "sha256": file_sha256(path)}
-            _write_json_atomic(os.path.join(output_dir, PARTIAL_FILE), metadata(False))
+            write_json_atomic(os.path.join(output_dir, PARTIAL_FILE), metadata(False))
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
     meta = metadata(True)
-    _write_json_atomic(os.path.join(output_dir, METADATA_FILE), meta)
+    write_json_atomic(os.path.join(output_dir, METADATA_FILE), meta)
     if os.path.exists(os.path.join(output_dir, PARTIAL_FILE)):
         os.remove(os.path.join(output_dir, PARTIAL_FILE))
     return meta

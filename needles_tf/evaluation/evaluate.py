@@ -36,14 +36,10 @@ def predict_probabilities(model: keras.Model,
                           dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches."""
     check_binary(model)
-
-    @tf.function(reduce_retracing=True)
-    def probabilities(images):
-        return needle_probability(model(images, training=False))
-
     labels, probs = [], []
-    for images, batch_labels in dataset:
-        probs.append(probabilities(images).numpy())
+    for images, batch_labels in dataset:  # predict_on_batch reuses the model's compiled step
+        logits = model.predict_on_batch(images)
+        probs.append(needle_probability(logits).numpy())
         labels.append(batch_labels.numpy())
     if not labels:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)

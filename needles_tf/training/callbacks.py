@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from needles_tf.data.records import write_json_atomic
 from needles_tf.evaluation.evaluate import predict_probabilities
 from needles_tf.evaluation.metrics import classification_metrics
 from needles_tf.training import run_dir
@@ -139,7 +140,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         previous = self.saved_state(self.directory)
         name = f"epoch-{epoch + 1:05d}.weights.h5"
         self.model.save_weights(os.path.join(self.directory, name))
-        run_dir.write_json_atomic(os.path.join(self.directory, self.STATE),
+        write_json_atomic(os.path.join(self.directory, self.STATE),
                                   {"epoch": epoch + 1, "weights": name})
         if previous and previous["weights"] != name:
             os.remove(os.path.join(self.directory, previous["weights"]))

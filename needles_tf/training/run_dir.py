@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 BEST_MODEL = "best.keras"
@@ -58,12 +59,3 @@ def read_json(path: str) -> dict[str, Any]:
 def read_summary(model_dir: str) -> dict[str, Any]:
     """summary.json of a run."""
     return read_json(os.path.join(model_dir, SUMMARY))
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to a temporary name, then rename, so readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

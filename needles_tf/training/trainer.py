@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from needles_tf.data import dataset_info, make_dataset
+from needles_tf.data.records import write_json_atomic
 from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.models import build_classifier, min_input_size
 from needles_tf.models.bagnet import resolve_k3
@@ -90,7 +91,7 @@ def _prepare_model_dir(config: TrainConfig) -> None:
             raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
                                 "use a new --model_dir or delete the old one")
     else:
-        run_dir.write_json_atomic(path, current)
+        write_json_atomic(path, current)
 
 
 def _jit(setting: str) -> bool:
@@ -228,7 +229,7 @@ def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: s
         "train_seconds": round(train_seconds, 1),
         "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
     }
-    run_dir.write_json_atomic(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
+    write_json_atomic(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else ():
         os.remove(os.path.join(checkpoint_dir, name))

@@ -1,0 +1,144 @@
+"""The offline demo (`./run.sh`): nMNIST at O2I 19.1 % and 4.8 % from the embedded MNIST ->
+train -> evaluate -> export -> predict with heatmaps -> a results table.
+
+  python -m needles_tf.bin.demo                 # nMNIST (the main job)
+  python -m needles_tf.bin.demo --part=camelyon # nCAMELYON on synthetic slides
+
+Every step runs the project's own binaries with the flagfiles in flags/demo/, exactly as a user
+would; re-running skips what is finished (datasets, runs) and resumes what is not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from needles_tf.bin import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("part", "nmnist", ["nmnist", "camelyon"], "Which demo to run.")
+flags.DEFINE_string("data_root", "tfrecords/demo", "Where the demo datasets go.")
+flags.DEFINE_string("runs_root", "runs/demo", "Where the demo runs go.")
+flags.DEFINE_integer("predict_images", 4, "Test images to predict with heatmaps.", lower_bound=0)
+
+NMNIST_PRESETS = ("19.1", "4.8")
+
+
+def _binary(name: str, *args: str) -> None:
+    """Runs `python -m needles_tf.bin.<name> ARGS`; stops the demo if it fails."""
+    command = [sys.executable, "-m", f"needles_tf.bin.{name}", *args]
+    print(f"\n$ needles-{name.replace('_', '-')} {' '.join(args)}", flush=True)
+    if subprocess.call(command) != 0:
+        sys.exit(f"demo: needles-{name.replace('_', '-')} failed (see above)")
+
+
+def _write_test_images(data_dir: str, out_dir: str, count: int) -> list[tuple[str, int]]:
+    """PNG files of the first `count` test images (half with a needle), for needles-predict."""
+    import numpy as np
+    import tensorflow as tf
+
+    from needles_tf.data import make_dataset
+
+    os.makedirs(out_dir, exist_ok=True)
+    wanted = {0: count // 2, 1: count - count // 2}
+    files = []
+    for images, labels in make_dataset(data_dir, "test", 64, training=False):
+        for image, label in zip(images.numpy(), labels.numpy()):
+            if wanted.get(int(label), 0) > 0:
+                wanted[int(label)] -= 1
+                path = os.path.join(out_dir, f"test_{len(files)}_label{label}.png")
+                png = tf.io.encode_png(np.round(image * 255).astype(np.uint8))
+                tf.io.write_file(path, png)
+                files.append((path, int(label)))
+        if not any(wanted.values()):
+            break
+    return files
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _results(runs: list[tuple[str, str, str]], export_dir: str, predictions: list[dict],
+             labels: list[int], seconds: float) -> str:
+    rows = []
+    for name, data_dir, model_dir in runs:
+        with open(os.path.join(data_dir, "dataset.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(model_dir, "summary.json")) as f:
+            summary = json.load(f)
+        counts = "/".join(str(meta["splits"][s]["count"]) for s in ("train", "val", "test"))
+        rows.append([name, f"{meta['image']['height']}x{meta['image']['width']}", counts,
+                     f"{summary['best_epoch']}/{summary['epochs']}",
+                     f"{summary['val_accuracy']:.3f}", f"{summary['test_accuracy']:.3f}",
+                     f"{summary['test']['auc']:.3f}" if summary["test"]["auc"] else "-",
+                     f"{summary['train_seconds']:.0f}", model_dir])
+    text = [_table(rows, ["dataset", "image", "train/val/test", "best/epochs", "val acc",
+                          "test acc", "test AUC", "train s", "run directory"])]
+    if predictions:
+        text.append(f"\nneedles-predict with {export_dir}:")
+        text.append(_table([[os.path.basename(p["file"]), label, f"{p['probability']:.3f}",
+                             p.get("heatmap", "-")] for p, label in zip(predictions, labels)],
+                           ["image", "label", "P(needle)", "heatmap"]))
+    text.append(f"\ndemo finished in {seconds / 60:.1f} min; TensorBoard: "
+                f"tensorboard --logdir {FLAGS.runs_root}")
+    return "\n".join(text)
+
+
+def _nmnist_runs() -> list[tuple[str, str, str]]:
+    runs = []
+    for preset in NMNIST_PRESETS:
+        data_dir = os.path.join(FLAGS.data_root, f"nmnist_o2i_{preset}")
+        model_dir = os.path.join(FLAGS.runs_root, f"nmnist_o2i_{preset}")
+        _binary("make_nmnist", f"--flagfile=flags/nmnist/o2i_{preset}.cfg",
+                "--flagfile=flags/demo/nmnist_data.cfg", f"--output_dir={data_dir}")
+        _binary("train", f"--flagfile=flags/demo/nmnist_o2i_{preset}.cfg",
+                f"--data_dir={data_dir}", f"--model_dir={model_dir}")
+        runs.append((f"nMNIST O2I {preset} %", data_dir, model_dir))
+    return runs
+
+
+def _camelyon_runs() -> list[tuple[str, str, str]]:
+    slide_dir = os.path.join(FLAGS.data_root, "slides")
+    data_dir = os.path.join(FLAGS.data_root, "ncamelyon_64_1-10")
+    model_dir = os.path.join(FLAGS.runs_root, "ncamelyon_64_1-10")
+    _binary("make_slides", "--flagfile=flags/demo/slides.cfg", f"--output_dir={slide_dir}")
+    _binary("make_ncamelyon", "--flagfile=flags/demo/ncamelyon_data.cfg", f"--slide_dir={slide_dir}",
+            f"--annotation_dir={slide_dir}/lesion_annotations", f"--output_dir={data_dir}")
+    _binary("train", "--flagfile=flags/demo/ncamelyon_train.cfg", f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}")
+    return [("nCAMELYON 64 px, O2I 1-10 %", data_dir, model_dir)]
+
+
+def main(argv):
+    common.no_arguments(argv)
+    start = time.time()
+    runs = _nmnist_runs() if FLAGS.part == "nmnist" else _camelyon_runs()
+    name, data_dir, model_dir = runs[0]
+    export_dir = os.path.join(model_dir, "saved_model")
+    _binary("export", f"--model_dir={model_dir}", f"--export_dir={export_dir}")
+    images = _write_test_images(data_dir, os.path.join(model_dir, "demo_images"),
+                                FLAGS.predict_images)
+    predictions = []
+    if images:
+        output = os.path.join(model_dir, "demo_predictions.jsonl")
+        _binary("predict", f"--saved_model={export_dir}",
+                f"--heatmap_dir={os.path.join(model_dir, 'demo_heatmaps')}",
+                f"--output={output}", *[path for path, _ in images])
+        with open(output) as f:
+            predictions = [json.loads(line) for line in f]
+    print("\n" + _results(runs, export_dir, predictions, [label for _, label in images],
+                          time.time() - start))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
