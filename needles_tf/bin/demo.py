@@ -25,6 +25,12 @@ flags.DEFINE_string("runs_root", "runs/demo", "Where the demo runs go.")
 flags.DEFINE_integer("predict_images", 4, "Test images to predict with heatmaps.", lower_bound=0)
 
 NMNIST_PRESETS = ("19.1", "4.8")
+# flags/ lives beside the package in the source tree (run.sh installs it editable)
+FLAGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "flags")
+
+
+def _flagfile(name: str) -> str:
+    return f"--flagfile={os.path.normpath(os.path.join(FLAGS_DIR, name))}"
 
 
 def _binary(name: str, *args: str) -> None:
@@ -100,11 +106,11 @@ def _nmnist() -> tuple[str, str, list[list[str]]]:
     data = {}
     for preset in NMNIST_PRESETS:
         data[preset] = os.path.join(FLAGS.data_root, f"nmnist_o2i_{preset}")
-        _binary("make_nmnist", f"--flagfile=flags/nmnist/o2i_{preset}.cfg",
-                "--flagfile=flags/demo/nmnist_data.cfg", f"--output_dir={data[preset]}")
+        _binary("make_nmnist", _flagfile(f"nmnist/o2i_{preset}.cfg"),
+                _flagfile("demo/nmnist_data.cfg"), f"--output_dir={data[preset]}")
     trained = NMNIST_PRESETS[0]
     model_dir = os.path.join(FLAGS.runs_root, f"nmnist_o2i_{trained}")
-    _binary("train", "--flagfile=flags/demo/nmnist_train.cfg", f"--data_dir={data[trained]}",
+    _binary("train", _flagfile("demo/nmnist_train.cfg"), f"--data_dir={data[trained]}",
             f"--model_dir={model_dir}")
     rows = [_row(f"nMNIST O2I {trained} %", f"nMNIST O2I {preset} %", model_dir,
                  _evaluate(model_dir, data[preset], f"o2i_{preset}"))
@@ -117,11 +123,11 @@ def _camelyon() -> tuple[str, str, list[list[str]]]:
     slide_dir = os.path.join(FLAGS.data_root, "slides")
     data_dir = os.path.join(FLAGS.data_root, "ncamelyon_64_1-10")
     model_dir = os.path.join(FLAGS.runs_root, "ncamelyon_64_1-10")
-    _binary("make_slides", "--flagfile=flags/demo/slides.cfg", f"--output_dir={slide_dir}")
-    _binary("make_ncamelyon", "--flagfile=flags/demo/ncamelyon_data.cfg",
+    _binary("make_slides", _flagfile("demo/slides.cfg"), f"--output_dir={slide_dir}")
+    _binary("make_ncamelyon", _flagfile("demo/ncamelyon_data.cfg"),
             f"--slide_dir={slide_dir}", f"--annotation_dir={slide_dir}/lesion_annotations",
             f"--output_dir={data_dir}")
-    _binary("train", "--flagfile=flags/demo/ncamelyon_train.cfg", f"--data_dir={data_dir}",
+    _binary("train", _flagfile("demo/ncamelyon_train.cfg"), f"--data_dir={data_dir}",
             f"--model_dir={model_dir}")
     name = "nCAMELYON 64 px, O2I 1-10 %"
     return data_dir, model_dir, [_row(name, name, model_dir,

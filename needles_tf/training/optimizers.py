@@ -14,7 +14,8 @@ def make_optimizer(name: str, learning_rate: float,
     accumulation_steps > 1 averages the gradients of that many micro-batches per update
     (Keras' `gradient_accumulation_steps`), so a small micro-batch gives the effective batch.
     """
-    accumulate = {"gradient_accumulation_steps": accumulation_steps} if accumulation_steps > 1 else {}
+    accumulate = ({"gradient_accumulation_steps": accumulation_steps}
+                  if accumulation_steps > 1 else {})
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate, rho=0.99, epsilon=1e-5, **accumulate)
     if name == "adam":
