@@ -17,6 +17,7 @@ import time
 from absl import app, flags
 
 from needles_tf.bin import common
+from needles_tf.training import run_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("part", "nmnist", ["nmnist", "camelyon"], "Which demo to run.")
@@ -85,8 +86,7 @@ def _results(rows: list[list[str]], export_dir: str, predictions: list[dict],
 
 
 def _row(trained_on: str, tested_on: str, model_dir: str, metrics: dict) -> list[str]:
-    with open(os.path.join(model_dir, "summary.json")) as f:
-        summary = json.load(f)
+    summary = run_dir.read_summary(model_dir)
     auc = metrics.get("auc")
     return [trained_on, tested_on, str(metrics["count"]), f"{metrics['accuracy']:.3f}",
             "-" if auc is None else f"{auc:.3f}", f"{summary['best_epoch']}/{summary['epochs']}",

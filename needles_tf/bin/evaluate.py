@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from needles_tf import atomic
 from needles_tf.data import records
 from needles_tf.training import run_dir
 
@@ -48,7 +49,7 @@ def main(argv):
         model = run_dir.load_best_model(FLAGS.model_dir)
         result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
         result = {"model_dir": FLAGS.model_dir, **result}
-        records.write_json_atomic(output, result)
+        atomic.write_json(output, result)
     except (run_dir.RunDirError, records.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")
     print(_format(result))

@@ -44,6 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from needles_tf import atomic
 from needles_tf.data import camelyon, records
 
 O2I_BINS = {"50-100": (0.5, 1.0), "10-50": (0.1, 0.5), "1-10": (0.01, 0.1),
@@ -168,10 +169,7 @@ def save_mask(path: str, mask: camelyon.LesionMask) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, bits=np.packbits(mask.pixels), shape=mask.pixels.shape,
                         origin=[mask.y0, mask.x0], level_shape=[mask.height, mask.width])
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def load_mask(path: str) -> camelyon.LesionMask:
@@ -255,10 +253,7 @@ def _read_cache(path: str, key: dict) -> dict | None:
 
 
 def _write_cache(path: str, key: dict, plan: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"key": key, "plan": plan}, f)
-    os.replace(tmp, path)
+    atomic.write_json(path, {"key": key, "plan": plan})
 
 
 def _plan_task(task: tuple) -> tuple[str, dict | str]:
@@ -539,11 +534,7 @@ def _write_summary(output_dir: str, meta: Mapping[str, Any]) -> None:
                                                      "negatives")])
              for split, v in ((s, meta["summary"][s]) for s in records.SPLITS)]
     for name, content in ((SUMMARY_MD, text), (SUMMARY_CSV, "\n".join(rows) + "\n")):
-        path = os.path.join(output_dir, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(content)
-        os.replace(tmp, path)
+        atomic.write_text(os.path.join(output_dir, name), content)
 
 
 # ------------------------------------------------------------------------------ build

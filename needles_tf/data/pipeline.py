@@ -8,10 +8,15 @@ read shards (parallel interleave, each record tagged with its global index)
 Selection. `train_size` N takes, per class, the first round(b * N) positives and the first
 N - round(b * N) negatives of a permutation fixed by `seed` (b = `class_balance`, or the split's
 own positive fraction), so a smaller training set is a subset of a larger one for the same seed.
-With `class_balance` set, training epochs draw each image from the positive or negative stream
-with probability 1/2 (each stream reshuffled and repeated), so the minority class is oversampled
-and batches are balanced in expectation, while an epoch keeps N images (paper, appendix C.1: the
-data set size stays constant, only the balance changes).
+With `class_balance` set (and not 0.5, which the selection already balances), training epochs
+draw each image from the positive or negative stream with probability 1/2 (each stream
+reshuffled and repeated), so the minority class is oversampled and batches are balanced in
+expectation, while an epoch keeps N images (paper, appendix C.1: the data set size stays
+constant, only the balance changes).
+
+Order. Every training epoch is shuffled by stateless permutations keyed by an epoch seed: drawn
+from `seed` anew on each pass, or with `epochs=(first, last)` computed from (seed, epoch), so a
+run resumed at epoch k sees exactly the epochs an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -174,43 +179,36 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
     batches = selected // batch_size if drop_remainder else -(-selected // batch_size)
     if training:
         shuffle_buffer = max(1, min(selected, shuffle_buffer))
+        # a 50:50 selection needs no oversampling to give balanced batches
+        oversample = class_balance is not None and class_balance != 0.5
 
-        def one_epoch(epoch_seed, reshuffle: bool):
-            """One epoch's images, batched: reshuffled on each pass, or (reshuffle False) in an
-            order that is a function of the int64 tensor epoch_seed alone."""
-            if class_balance is not None:
-                streams = [ds.filter(lambda _, label, c=c: tf.equal(label, c)) for c in (0, 1)]
-                if reshuffle:
-                    streams = [s.shuffle(shuffle_buffer, seed=seed + c).repeat()
-                               for c, s in enumerate(streams)]
-                    epoch = tf.data.Dataset.sample_from_datasets(
-                        streams, weights=[0.5, 0.5], seed=seed,
-                        rerandomize_each_iteration=True).take(selected)
-                else:  # each pass over a class stream and each coin keyed by (epoch, ...)
-                    streams = [tf.data.Dataset.range(1 << 62).flat_map(
-                        lambda r, c=c, s=s: stateless_shuffle(
-                            s, shuffle_buffer, tf.stack([epoch_seed, 2 * r + c])))
-                        for c, s in enumerate(streams)]
-                    coins = tf.data.Dataset.range(selected).map(
-                        lambda i: tf.cast(tf.random.stateless_uniform(
-                            [], seed=tf.stack([epoch_seed, -1 - i])) < 0.5, tf.int64))
-                    epoch = tf.data.Dataset.choose_from_datasets(streams, coins)
-            elif reshuffle:
-                epoch = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        def one_epoch(epoch_seed):
+            """One epoch's images, batched, in an order that is a function of the int64
+            scalar epoch_seed alone."""
+            if oversample:  # each pass over a class stream and each coin keyed by the seed
+                streams = [tf.data.Dataset.range(1 << 62).flat_map(
+                    lambda r, c=c: stateless_shuffle(
+                        ds.filter(lambda _, label: tf.equal(label, c)), shuffle_buffer,
+                        tf.stack([epoch_seed, 2 * r + c]))) for c in (0, 1)]
+                coins = tf.data.Dataset.range(selected).map(
+                    lambda i: tf.cast(tf.random.stateless_uniform(
+                        [], seed=tf.stack([epoch_seed, -1 - i])) < 0.5, tf.int64))
+                epoch = tf.data.Dataset.choose_from_datasets(streams, coins)
             else:
                 epoch = stateless_shuffle(ds, shuffle_buffer, tf.stack([epoch_seed, -1]))
             if not decoded:
                 epoch = epoch.map(decode, num_parallel_calls=AUTOTUNE, deterministic=ordered)
             return epoch.batch(batch_size, drop_remainder=drop_remainder)
 
-        if epochs is None:  # one pass per epoch, reshuffled each pass
-            ds = one_epoch(seed, reshuffle=True)
-        else:  # the epochs [first, last) back to back, each order a function of (seed, epoch)
+        if epochs is None:  # one pass per epoch; each pass draws a new epoch seed from `seed`
+            epoch_seeds = tf.data.Dataset.random(
+                seed=seed, rerandomize_each_iteration=True).take(1)
+        else:  # the epochs [first, last) back to back, each seed a function of (seed, epoch)
             first, last = epochs
-            ds = tf.data.Dataset.range(first, last).flat_map(
-                lambda e: one_epoch(tf.constant(seed, tf.int64) * 1_000_003 + e,
-                                    reshuffle=False))
+            epoch_seeds = tf.data.Dataset.range(first, last).map(
+                lambda e: e + seed * 1_000_003)
             batches *= max(last - first, 0)
+        ds = epoch_seeds.flat_map(one_epoch)
     else:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.apply(tf.data.experimental.assert_cardinality(batches))  # known length

@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from needles_tf import atomic
+
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 METADATA_FILE = "dataset.json"
@@ -189,15 +191,6 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON to a temporary name, then renames it, so readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> dict:
@@ -411,14 +404,14 @@ def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
                     os.remove(tmp)
             finished[file] = {"file": file, "count": stop - start, "positives": positives,
                               "sha256": file_sha256(path)}
-            write_json_atomic(os.path.join(output_dir, PARTIAL_FILE), metadata(False))
+            atomic.write_json(os.path.join(output_dir, PARTIAL_FILE), metadata(False))
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
     meta = metadata(True)
-    write_json_atomic(os.path.join(output_dir, METADATA_FILE), meta)
+    atomic.write_json(os.path.join(output_dir, METADATA_FILE), meta)
     if os.path.exists(os.path.join(output_dir, PARTIAL_FILE)):
         os.remove(os.path.join(output_dir, PARTIAL_FILE))
     return meta

@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from needles_tf import atomic
+
 PATIENTS_PER_CENTER = 20  # CAMELYON17: centre = patient // 20
 NUM_CENTERS = 5
 # Palette of the rendered classes: background, tissue, tissue nucleus, lesion, lesion nucleus.
@@ -175,17 +177,11 @@ def write_pyramidal_tiff(path: str, image: np.ndarray, levels: int = 5,
     """Writes a tiled, zlib-compressed pyramidal TIFF (one page per level) atomically."""
     import tifffile
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with tifffile.TiffWriter(tmp) as tiff:
-            for i, level in enumerate(pyramid(image, levels)):
-                tiff.write(level, photometric="rgb", tile=(tile_size, tile_size),
-                           compression="zlib", compressionargs={"level": 1},
-                           subfiletype=1 if i else 0, metadata=None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tiff:
+        for i, level in enumerate(pyramid(image, levels)):
+            tiff.write(level, photometric="rgb", tile=(tile_size, tile_size),
+                       compression="zlib", compressionargs={"level": 1},
+                       subfiletype=1 if i else 0, metadata=None)
 
 
 def asap_xml(lesions: Sequence[SyntheticLesion]) -> str:
@@ -207,13 +203,6 @@ def asap_xml(lesions: Sequence[SyntheticLesion]) -> str:
         ET.SubElement(group, "Attributes")
     ET.indent(root)
     return '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0, *,
@@ -251,6 +240,6 @@ def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0
             path = os.path.join(slide_dir, f"{name}.tif")
             write_pyramidal_tiff(path, image, levels, tile_size)
             if lesions:
-                _write_text_atomic(os.path.join(annotation_dir, f"{name}.xml"), asap_xml(lesions))
+                atomic.write_text(os.path.join(annotation_dir, f"{name}.xml"), asap_xml(lesions))
             paths.append(path)
     return sorted(paths)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
 import numpy as np
 from PIL import Image
+
+from needles_tf import atomic
 
 COLORMAP = "RdBu_r"  # red: evidence for a needle, blue: against, white: none
 MAX_ALPHA = 0.6
@@ -34,10 +34,5 @@ def evidence_overlay(image: np.ndarray, evidence: np.ndarray) -> np.ndarray:
 
 def write_heatmap(path: str, image: np.ndarray, evidence: np.ndarray) -> None:
     """Writes `evidence_overlay(image, evidence)` as a PNG, atomically (temporary name, rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic.atomic_path(path) as tmp:
         Image.fromarray(evidence_overlay(image, evidence)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from needles_tf.data.records import write_json_atomic
+from needles_tf import atomic
 from needles_tf.evaluation.evaluate import predict_probabilities
 from needles_tf.evaluation.metrics import classification_metrics
 from needles_tf.training import run_dir
@@ -105,19 +105,17 @@ class EpochRecorder(keras.callbacks.Callback):
         self._write_csv()
         if row.get(self.monitor, -math.inf) > self.best:
             self.best = row[self.monitor]
-            tmp = os.path.join(self.model_dir, ".best-tmp.keras")
-            self.model.save(tmp)
-            os.replace(tmp, os.path.join(self.model_dir, run_dir.BEST_MODEL))
+            best = os.path.join(self.model_dir, run_dir.BEST_MODEL)
+            with atomic.atomic_path(best, suffix=".keras") as tmp:
+                self.model.save(tmp)
 
     def _write_csv(self):
         path = os.path.join(self.model_dir, run_dir.METRICS)
         keys = list(dict.fromkeys(k for row in self.history for k in row))
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
+        with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, keys, restval="")
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, path)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -140,7 +138,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         previous = self.saved_state(self.directory)
         name = f"epoch-{epoch + 1:05d}.weights.h5"
         self.model.save_weights(os.path.join(self.directory, name))
-        write_json_atomic(os.path.join(self.directory, self.STATE),
+        atomic.write_json(os.path.join(self.directory, self.STATE),
                                   {"epoch": epoch + 1, "weights": name})
         if previous and previous["weights"] != name:
             os.remove(os.path.join(self.directory, previous["weights"]))

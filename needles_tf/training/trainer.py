@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from needles_tf.data import dataset_info, make_dataset
-from needles_tf.data.records import write_json_atomic
+from needles_tf import atomic
 from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.models import build_classifier, min_input_size
 from needles_tf.models.bagnet import resolve_k3
@@ -91,7 +91,7 @@ def _prepare_model_dir(config: TrainConfig) -> None:
             raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
                                 "use a new --model_dir or delete the old one")
     else:
-        write_json_atomic(path, current)
+        atomic.write_json(path, current)
 
 
 def _jit(setting: str) -> bool:
@@ -151,9 +151,6 @@ def train(config: TrainConfig, verbose: int | str = "auto",
                                       config.reference_size)
     schedule = step_learning_rate(config.learning_rate, milestones, config.lr_decay)
 
-    balance = config.class_balance
-    if balance is not None and abs(info["positives"] / max(info["count"], 1) - balance) < 1e-3:
-        balance = None  # the data already have this balance: plain shuffling, no oversampling
     val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False, cache=config.cache)
     images_per_epoch = config.train_size or info["count"]
 
@@ -177,7 +174,7 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     # Each epoch's order depends on (seed, epoch) alone: a resumed run sees what an
     # uninterrupted one would.
     train_ds = make_dataset(config.data_dir, "train", micro_batch, training=True,
-                            train_size=config.train_size, class_balance=balance,
+                            train_size=config.train_size, class_balance=config.class_balance,
                             seed=config.seed, cache=config.cache,
                             deterministic=config.deterministic, epochs=(initial_epoch, epochs))
     steps_per_epoch = -(-images_per_epoch // micro_batch)
@@ -198,11 +195,12 @@ def train(config: TrainConfig, verbose: int | str = "auto",
             f"checkpoint (epoch {len(recorder.history)}) is kept in {checkpoint_dir}; lower "
             "--learning_rate or use --precision=float32")
     return _finish(config, recorder.history, model.count_params(), policy, strategy,
-                   epochs, start_time)
+                   epochs, images_per_epoch, start_time)
 
 
 def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: str,
-            strategy: tf.distribute.Strategy, epochs: int, start_time: float) -> dict[str, Any]:
+            strategy: tf.distribute.Strategy, epochs: int, images_per_epoch: int,
+            start_time: float) -> dict[str, Any]:
     """Evaluates the best model on val and test and writes summary.json."""
     best = max(history, key=lambda row: row["val_accuracy"])
     model = run_dir.load_best_model(config.model_dir)
@@ -210,7 +208,7 @@ def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: s
                for split in ("val", "test")}
     fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
     train_seconds = sum(row["train_seconds"] for row in history)
-    images = sum(row["images_per_second"] * row["train_seconds"] for row in history)
+    images = images_per_epoch * len(history)
     summary = {
         "status": "finished",
         "config": config.to_json(),
@@ -229,7 +227,7 @@ def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: s
         "train_seconds": round(train_seconds, 1),
         "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
     }
-    write_json_atomic(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
+    atomic.write_json(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else ():
         os.remove(os.path.join(checkpoint_dir, name))
