@@ -15,6 +15,7 @@ import argparse
 import resource
 import time
 
+import needles_tf  # noqa: F401  (first: sets the CPU's oneDNN default before TensorFlow starts)
 import keras
 import numpy as np
 
@@ -50,8 +51,9 @@ def peak_memory_mib() -> float:
 
 
 def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: str,
-          jit: bool, peak_tflops: float | None) -> str:
-    model = build_classifier(1, receptive_field=rf, width_scale=scale, pooling=pooling)
+          jit: bool, peak_tflops: float | None, normalization: bool = True) -> str:
+    model = build_classifier(1, receptive_field=rf, width_scale=scale, pooling=pooling,
+                             normalization=normalization)
     model.compile(
         optimizer=keras.optimizers.RMSprop(5e-5, rho=0.99, epsilon=1e-5),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--pooling", default="max")
     parser.add_argument("--precision", default="float32", help="float32 | mixed_float16 | mixed_bfloat16")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    parser.add_argument("--no_norm", action="store_true", help="no instance normalisation")
     parser.add_argument("--peak_tflops", type=float, help="device peak, for model FLOP utilisation")
     args = parser.parse_args()
 
@@ -95,7 +98,7 @@ def main() -> None:
         for rf in map(int, args.rf.split(",")):
             for scale in map(float, args.scale.split(",")):
                 print(bench(canvas, rf, scale, args.batch, args.steps, args.pooling, args.jit,
-                            args.peak_tflops), flush=True)
+                            args.peak_tflops, not args.no_norm), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,3 +7,8 @@ paper's training protocol.
 """
 
 __version__ = "0.1.0"
+
+# Before anything imports TensorFlow: it reads the oneDNN variables once, when it starts.
+from needles_tf.runtime import configure_onednn  # noqa: E402
+
+ONEDNN_SETTING = configure_onednn()
