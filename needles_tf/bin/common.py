@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from absl import app
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from needles_tf.bin import native_log
 
 
 def no_arguments(argv: list[str]) -> None:
@@ -20,3 +27,41 @@ def int_list(flag: str, values: list[str] | None) -> tuple[int, ...] | None:
     except ValueError:
         raise app.UsageError(f"--{flag} must be comma-separated integers, got "
                              f"{','.join(values)!r}") from None
+
+
+def _adopt_help(module_name: str) -> None:
+    """Makes `--help` of an installed script list the binary's flags and docstring.
+
+    absl shows the flags of the module named by argv[0]; an installed console script's argv[0]
+    is the script (`.venv/bin/needles-train`), not the module that defined the flags.
+    """
+    if module_name == "__main__":  # `python -m needles_tf.bin.X`: absl finds them itself
+        return
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules["__main__"]
+    if not main_module.__doc__:
+        main_module.__doc__ = sys.modules[module_name].__doc__
+
+
+def run(main: Callable[[list[str]], None], module_name: str) -> None:
+    """Runs an absl binary: its flags in --help, quiet TensorFlow start-up, no INFO logs.
+
+    Args:
+      main: the binary's main(argv).
+      module_name: the binary module's `__name__`.
+    """
+    _adopt_help(module_name)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def quiet_main(argv: list[str]) -> None:
+        if not flags.FLAGS["verbosity"].present:  # INFO (e.g. the SavedModel writer's) with -v 0
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        main(argv)
+
+    with native_log.quiet_cuda_probe():
+        try:
+            app.run(quiet_main)
+        except KeyboardInterrupt:
+            print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+            sys.exit(130)

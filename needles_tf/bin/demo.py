@@ -10,11 +10,12 @@ would; re-running skips what is finished (datasets, runs) and resumes what is no
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from needles_tf.bin import common
 from needles_tf.training import run_dir
@@ -24,6 +25,8 @@ flags.DEFINE_enum("part", "nmnist", ["nmnist", "camelyon"], "Which demo to run."
 flags.DEFINE_string("data_root", "tfrecords/demo", "Where the demo datasets go.")
 flags.DEFINE_string("runs_root", "runs/demo", "Where the demo runs go.")
 flags.DEFINE_integer("predict_images", 4, "Test images to predict with heatmaps.", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Seed of the demo's training run (initialisation and order); "
+                     "the datasets are the same for every seed.", lower_bound=0)
 
 NMNIST_PRESETS = ("19.1", "4.8")
 # flags/ lives beside the package in the source tree (run.sh installs it editable)
@@ -35,10 +38,24 @@ def _flagfile(name: str) -> str:
 
 
 def _binary(name: str, *args: str) -> None:
-    """Runs `python -m needles_tf.bin.<name> ARGS`; stops the demo if it fails."""
+    """Runs `python -m needles_tf.bin.<name> ARGS`; stops the demo if it fails.
+
+    Ctrl-C reaches the binary too (same process group): the demo waits for it to stop cleanly
+    (a training run keeps its finished epochs), then exits 130.
+    """
     command = [sys.executable, "-m", f"needles_tf.bin.{name}", *args]
     print(f"\n$ needles-{name.replace('_', '-')} {' '.join(args)}", flush=True)
-    if subprocess.call(command) != 0:
+    process = subprocess.Popen(command)
+    interrupted = False
+    while process.returncode is None:
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted or process.returncode in (130, -signal.SIGINT):
+        print("demo: interrupted; run the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    if process.returncode != 0:
         sys.exit(f"demo: needles-{name.replace('_', '-')} failed (see above)")
 
 
@@ -52,7 +69,7 @@ def _write_test_images(data_dir: str, out_dir: str, count: int) -> list[tuple[st
     os.makedirs(out_dir, exist_ok=True)
     wanted = {0: count // 2, 1: count - count // 2}
     files = []
-    for images, labels in make_dataset(data_dir, "test", 64, training=False):
+    for images, labels in make_dataset(data_dir, "test", 64, training=False, cache="none"):
         for image, label in zip(images.numpy(), labels.numpy()):
             if wanted.get(int(label), 0) > 0:
                 wanted[int(label)] -= 1
@@ -67,7 +84,7 @@ def _write_test_images(data_dir: str, out_dir: str, count: int) -> list[tuple[st
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -109,9 +126,9 @@ def _nmnist() -> tuple[str, str, list[list[str]]]:
         _binary("make_nmnist", _flagfile(f"nmnist/o2i_{preset}.cfg"),
                 _flagfile("demo/nmnist_data.cfg"), f"--output_dir={data[preset]}")
     trained = NMNIST_PRESETS[0]
-    model_dir = os.path.join(FLAGS.runs_root, f"nmnist_o2i_{trained}")
+    model_dir = os.path.join(FLAGS.runs_root, f"nmnist_o2i_{trained}_seed{FLAGS.seed}")
     _binary("train", _flagfile("demo/nmnist_train.cfg"), f"--data_dir={data[trained]}",
-            f"--model_dir={model_dir}")
+            f"--model_dir={model_dir}", f"--seed={FLAGS.seed}")
     rows = [_row(f"nMNIST O2I {trained} %", f"nMNIST O2I {preset} %", model_dir,
                  _evaluate(model_dir, data[preset], f"o2i_{preset}"))
             for preset in NMNIST_PRESETS]
@@ -122,13 +139,13 @@ def _camelyon() -> tuple[str, str, list[list[str]]]:
     """Synthetic slides -> nCAMELYON crops -> a model trained and tested on them."""
     slide_dir = os.path.join(FLAGS.data_root, "slides")
     data_dir = os.path.join(FLAGS.data_root, "ncamelyon_64_1-10")
-    model_dir = os.path.join(FLAGS.runs_root, "ncamelyon_64_1-10")
+    model_dir = os.path.join(FLAGS.runs_root, f"ncamelyon_64_1-10_seed{FLAGS.seed}")
     _binary("make_slides", _flagfile("demo/slides.cfg"), f"--output_dir={slide_dir}")
     _binary("make_ncamelyon", _flagfile("demo/ncamelyon_data.cfg"),
             f"--slide_dir={slide_dir}", f"--annotation_dir={slide_dir}/lesion_annotations",
             f"--output_dir={data_dir}")
     _binary("train", _flagfile("demo/ncamelyon_train.cfg"), f"--data_dir={data_dir}",
-            f"--model_dir={model_dir}")
+            f"--model_dir={model_dir}", f"--seed={FLAGS.seed}")
     name = "nCAMELYON 64 px, O2I 1-10 %"
     return data_dir, model_dir, [_row(name, name, model_dir,
                                       _evaluate(model_dir, data_dir, "ncamelyon"))]
@@ -155,7 +172,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

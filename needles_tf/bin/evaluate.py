@@ -8,9 +8,10 @@ Writes <model_dir>/eval_<split>.json unless --output names another file.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from needles_tf import atomic
+from needles_tf.bin import common
 from needles_tf.data import records
 from needles_tf.training import run_dir
 
@@ -34,8 +35,7 @@ def _format(result: dict) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.no_arguments(argv)
     for name in ("model_dir", "data_dir"):
         if not FLAGS[name].value:
             sys.exit(f"needles-evaluate: error: --{name} is required")
@@ -57,7 +57,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

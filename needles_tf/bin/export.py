@@ -9,8 +9,9 @@ logits [N, 2], evidence_map [N, h, w, 2]. Inspect with `saved_model_cli show --d
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from needles_tf.bin import common
 from needles_tf.training import run_dir
 
 FLAGS = flags.FLAGS
@@ -20,8 +21,7 @@ flags.DEFINE_string("export_dir", None, "SavedModel directory; default <model_di
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.no_arguments(argv)
     if not FLAGS.model_dir:
         sys.exit("needles-export: error: --model_dir is required")
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "saved_model")
@@ -38,7 +38,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

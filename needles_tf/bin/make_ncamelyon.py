@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from needles_tf.bin import common
 from needles_tf.data import camelyon, ncamelyon, records
 
 FLAGS = flags.FLAGS
@@ -58,8 +59,7 @@ def _centers(name: str) -> tuple[int, ...]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.no_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     output_dir = FLAGS.output_dir or os.path.join(
         "tfrecords", f"ncamelyon_{FLAGS.crop_size}_{FLAGS.o2i_bin}")
@@ -82,7 +82,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ deleted / corrupt shards; other flags on an existing directory need --overwrite.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from needles_tf.bin import common
 from needles_tf.data import mnist, nmnist, records
 
 FLAGS = flags.FLAGS
@@ -35,8 +36,7 @@ flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.no_arguments(argv)
     try:
         kind, _ = mnist.parse_source(FLAGS.mnist)
         output_dir = FLAGS.output_dir or os.path.join(
@@ -56,7 +56,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ lesion_annotations/*.xml (ASAP XML) for tests, benchmarks and the offline demo; 
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from needles_tf.bin import common
 from needles_tf.data import slides
 
 FLAGS = flags.FLAGS
@@ -29,8 +30,7 @@ flags.DEFINE_enum("xml_style", "camelyon17", ["camelyon17", "camelyon16"],
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.no_arguments(argv)
     try:
         paths = slides.make_synthetic_slides(
             FLAGS.output_dir, FLAGS.num_patients, FLAGS.seed, size=FLAGS.size,
@@ -43,7 +43,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

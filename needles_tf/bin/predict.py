@@ -12,7 +12,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from needles_tf.bin import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "SavedModel directory written by needles-export.")
@@ -65,7 +67,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ Re-running the same command resumes an interrupted run from its last finished ep
 finished run is not trained again. Results: <model_dir>/summary.json, metrics.csv, logs/.
 """
 
+import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from needles_tf.bin import common
-from needles_tf.training import devices, run_dir
-from needles_tf.training.optimizers import OPTIMIZERS
+from needles_tf.training import run_dir
+from needles_tf.training.options import OPTIMIZERS, PRECISIONS, STRATEGIES
 from needles_tf.training.schedule import REFERENCE_SIZE
 
 FLAGS = flags.FLAGS
@@ -42,19 +43,22 @@ flags.DEFINE_integer("reference_size", REFERENCE_SIZE, "Epochs and milestones ar
 flags.DEFINE_float("class_balance", 0.5, "Positive fraction of the training set; the minority "
                    "class is oversampled.", lower_bound=0.01, upper_bound=0.99)
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, selection and shuffling.")
-flags.DEFINE_enum("precision", "auto", list(devices.PRECISIONS), "auto: mixed_float16 on GPU, "
+flags.DEFINE_enum("precision", "auto", list(PRECISIONS), "auto: mixed_float16 on GPU, "
                   "float32 on CPU.")
-flags.DEFINE_enum("strategy", "auto", list(devices.STRATEGIES), "auto: mirrored over several "
+flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "auto: mirrored over several "
                   "GPUs; multi_worker reads TF_CONFIG.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on GPU).")
 flags.DEFINE_enum("cache", "auto", ["auto", "memory", "none"], "Cache decoded images in memory.")
 flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", lower_bound=0)
-flags.DEFINE_integer("verbose", 1, "Keras progress: 1 bar, 2 one line per epoch, 0 none.")
+flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line per epoch, 0 none "
+                     "(default: a bar on a terminal, else a line per epoch).", lower_bound=0,
+                     upper_bound=2)
 flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
 def main(argv):
     common.no_arguments(argv)
+    from needles_tf.training.callbacks import EpochCheckpoint
     from needles_tf.training.trainer import TrainConfig, TrainingError, train
 
     config = TrainConfig(
@@ -69,10 +73,17 @@ def main(argv):
         reference_size=FLAGS.reference_size, class_balance=FLAGS.class_balance,
         seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, log_images=FLAGS.log_images)
+    verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:
-        summary = train(config, verbose=FLAGS.verbose)
+        summary = train(config, verbose=verbose)
     except (TrainingError, ValueError, run_dir.RunDirError) as e:
         sys.exit(f"needles-train: error: {e}")
+    except KeyboardInterrupt:
+        checkpoint_dir = os.path.join(FLAGS.model_dir, run_dir.CHECKPOINT_DIR)
+        done = (EpochCheckpoint.saved_state(checkpoint_dir) or {"epoch": 0})["epoch"]
+        print(f"\nneedles-train: interrupted after epoch {done}; run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
     print(f"{FLAGS.model_dir}: best epoch {summary['best_epoch']}, "
           f"val accuracy {summary['val_accuracy']:.4f}, "
           f"test accuracy {summary['test_accuracy']:.4f}, "
@@ -80,7 +91,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import os
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from needles_tf.training.options import PRECISIONS, STRATEGIES
+
 
 
 def num_gpus() -> int:

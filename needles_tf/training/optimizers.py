@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+from needles_tf.training.options import OPTIMIZERS
 
 
 def make_optimizer(name: str, learning_rate: float,

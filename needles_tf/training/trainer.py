@@ -165,12 +165,14 @@ def train(config: TrainConfig, verbose: int | str = "auto",
                       jit_compile=_jit(config.jit_compile))
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     initial_epoch = cb.EpochCheckpoint.restore(model, checkpoint_dir)
+    if initial_epoch and verbose:
+        print(f"resuming at epoch {initial_epoch + 1} of {epochs}", flush=True)
     history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
                if row["epoch"] <= initial_epoch]
     log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
     if initial_epoch == 0 and config.log_images:  # a separate dataset: train_ds's order is kept
         log_input_images(log_dir, make_dataset(config.data_dir, "train", config.log_images,
-                                               training=False, verify=False))
+                                               training=False, verify=False, cache="none"))
     # Each epoch's order depends on (seed, epoch) alone: a resumed run sees what an
     # uninterrupted one would.
     train_ds = make_dataset(config.data_dir, "train", micro_batch, training=True,
