@@ -115,6 +115,23 @@ def test_resume_gives_the_same_history(data_dir, finished_run, tmp_path):
     assert os.path.getmtime(model_dir / run_dir.METRICS) == mtime
 
 
+class WeightsAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = [np.array(w) for w in self.model.get_weights()]
+
+
+def test_init_from_starts_at_another_runs_best_model(data_dir, finished_run, tmp_path):
+    source_dir, _ = finished_run
+    start = WeightsAtStart()
+    train(config(data_dir, tmp_path / "warm", epochs=1, init_from=str(source_dir)), verbose=0,
+          extra_callbacks=[start])
+    best = run_dir.load_best_model(source_dir).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(start.weights, best, strict=True))
+    with pytest.raises(TrainingError, match="init_from .* does not match"):
+        train(config(data_dir, tmp_path / "other", width_scale=1 / 16,
+                     init_from=str(source_dir)), verbose=0)
+
+
 class PoisonWeights(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 1:

@@ -49,6 +49,8 @@ flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "auto: mirrored over sev
                   "GPUs; multi_worker reads TF_CONFIG.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on GPU).")
 flags.DEFINE_enum("cache", "auto", ["auto", "memory", "none"], "Cache decoded images in memory.")
+flags.DEFINE_string("init_from", None, "A finished run directory whose best model's weights "
+                    "start this run (a warm start, e.g. a curriculum from easier data).")
 flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", lower_bound=0)
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line per epoch, 0 none "
                      "(default: a bar on a terminal, else a line per epoch).", lower_bound=0,
@@ -72,7 +74,8 @@ def main(argv):
         lr_decay=FLAGS.lr_decay, optimizer=FLAGS.optimizer, train_size=FLAGS.train_size,
         reference_size=FLAGS.reference_size, class_balance=FLAGS.class_balance,
         seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
-        jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, log_images=FLAGS.log_images)
+        jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, log_images=FLAGS.log_images,
+        init_from=FLAGS.init_from)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:
         summary = train(config, verbose=verbose)

@@ -62,6 +62,7 @@ class TrainConfig:
     cache: str = "auto"
     deterministic: bool = False
     log_images: int = 8
+    init_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -69,6 +70,7 @@ class TrainConfig:
         d["lr_milestones"] = list(self.lr_milestones)
         d["data_dir"] = os.path.abspath(self.data_dir)
         d["model_dir"] = os.path.abspath(self.model_dir)
+        d["init_from"] = self.init_from and os.path.abspath(self.init_from)
         return d
 
 
@@ -165,6 +167,8 @@ def train(config: TrainConfig, verbose: int | str = "auto",
                       jit_compile=_jit(config.jit_compile))
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     initial_epoch = cb.EpochCheckpoint.restore(model, checkpoint_dir)
+    if initial_epoch == 0 and config.init_from:
+        _warm_start(model, config.init_from)
     if initial_epoch and verbose:
         print(f"resuming at epoch {initial_epoch + 1} of {epochs}", flush=True)
     history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
@@ -198,6 +202,17 @@ def train(config: TrainConfig, verbose: int | str = "auto",
             "--learning_rate or use --precision=float32")
     return _finish(config, recorder.history, model.count_params(), policy, strategy,
                    epochs, images_per_epoch, start_time)
+
+
+def _warm_start(model: keras.Model, run: str) -> None:
+    """Starts `model` from the weights of another run's best model (same architecture)."""
+    source = run_dir.load_best_model(run)
+    if [w.shape for w in source.weights] != [w.shape for w in model.weights]:
+        raise TrainingError(
+            f"init_from {run!r}: its model {source.name} ({source.count_params()} parameters) "
+            f"does not match this run's {model.name} ({model.count_params()} parameters); "
+            "use the same receptive field, width, pooling, normalisation and channels")
+    model.set_weights(source.get_weights())
 
 
 def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: str,

@@ -1,0 +1,71 @@
+"""The command line as a user meets it: --help of the installed scripts, Ctrl-C and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+from tiny_runs import start_binary
+
+from needles_tf.data import nmnist
+from needles_tf.training import run_dir
+from needles_tf.training.trainer import TrainConfig, train
+
+SCRIPTS = os.path.dirname(sys.executable)  # run.sh installs the package into this venv
+
+
+@pytest.mark.parametrize("script, flag", [("needles-train", "--data_dir"),
+                                          ("needles-make-nmnist", "--canvas_size"),
+                                          ("needles-predict", "--saved_model")])
+def test_installed_scripts_list_their_flags(script, flag):
+    path = os.path.join(SCRIPTS, script)
+    if not os.path.exists(path):
+        pytest.skip(f"{script} is not installed beside {sys.executable} (pip install -e .)")
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert flag in result.stdout, result.stdout[-500:]
+    assert "cuInit" not in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cli_data"))
+    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=0, num_shards=1, progress=False,
+                           duplicates={"train": 1, "val": 1, "test": 1})
+    return out
+
+
+class StopAtFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tiny_data, tmp_path, capsys):
+    flags = ("--receptive_field=9", "--width_scale=0.0625", "--nonormalization",
+             f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'run'}", "--epochs=50",
+             "--train_size=64", "--reference_size=0", "--batch_size=32", "--log_images=0")
+    process = start_binary("train", *flags)
+    checkpoint = tmp_path / "run" / run_dir.CHECKPOINT_DIR / "state.json"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    assert last.startswith("needles-train: interrupted after epoch ")
+    assert last.endswith("; run the same command to resume")
+    done = int(last.split("after epoch ")[1].split(";")[0])
+    assert done >= 1
+
+    # the same settings in-process (no second TensorFlow start); stop it as it starts to fit
+    config = TrainConfig(tiny_data, str(tmp_path / "run"), receptive_field=9,
+                         width_scale=0.0625, normalization=False, epochs=50, train_size=64,
+                         reference_size=0, batch_size=32, log_images=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, verbose=2, extra_callbacks=[StopAtFirstEpoch()])
+    assert f"resuming at epoch {done + 1} of 50" in capsys.readouterr().out.splitlines()
