@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # needles_tf entry point.
-#   ./run.sh                 the offline demo (main job): nMNIST, train, export, predict
+#   ./run.sh [--seed=N]      the offline demo (main job): nMNIST, train, export, predict
 #   ./run.sh demo-camelyon   the same on nCAMELYON crops of synthetic slides
 #   ./run.sh test            the test suite
 # The first call creates .venv/ and installs the package with its test extra.
@@ -20,8 +20,11 @@ fi
 PY="$VENV/bin/python"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
-cmd="${1:-demo}"
-[[ $# -gt 0 ]] && shift
+cmd=demo  # flags alone (./run.sh --seed=1) go to the demo
+if [[ $# -gt 0 && "$1" != -* ]]; then
+  cmd="$1"
+  shift
+fi
 case "$cmd" in
   test)
     exec "$PY" -m pytest "$@"
