@@ -8,9 +8,8 @@ import time
 
 import keras
 import pytest
-from tiny_runs import start_binary
+from tiny_runs import start_binary, tiny_nmnist
 
-from needles_tf.data import nmnist
 from needles_tf.training import run_dir
 from needles_tf.training.trainer import TrainConfig, train
 
@@ -32,10 +31,8 @@ def test_installed_scripts_list_their_flags(script, flag):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("cli_data"))
-    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=0, num_shards=1, progress=False,
-                           duplicates={"train": 1, "val": 1, "test": 1})
-    return out
+    return tiny_nmnist(str(tmp_path_factory.mktemp("cli_data")), 0,
+                       {"train": 1, "val": 1, "test": 1})
 
 
 class StopAtFirstEpoch(keras.callbacks.Callback):

@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from needles_tf.data import make_dataset, nmnist
+from needles_tf.data import make_dataset
 from needles_tf.evaluation.evaluate import evaluate, predict_probabilities
 from needles_tf.evaluation.metrics import classification_metrics
-from tiny_runs import finish, keras_probabilities, last_line, make_run_dir, start_binary
+from tiny_runs import (finish, keras_probabilities, last_line, make_run_dir, start_binary,
+                       tiny_nmnist)
 
 
 
@@ -48,10 +49,8 @@ def test_single_class_and_bad_input():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("nmnist"))
-    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=1, num_shards=1, progress=False,
-                           duplicates={"train": 0, "val": 0, "test": 1})
-    return out
+    return tiny_nmnist(str(tmp_path_factory.mktemp("nmnist")), 1,
+                       {"train": 0, "val": 0, "test": 1})
 
 
 def read_test_split(data_dir):

@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 
+from needles_tf.data import nmnist
 from needles_tf.models import build_classifier
 from needles_tf.training import run_dir
 
@@ -32,6 +33,13 @@ def make_run_dir(path: pathlib.Path, channels: int = 1,
     path.mkdir(parents=True, exist_ok=True)
     model.save(os.path.join(path, run_dir.BEST_MODEL))
     return model, str(path)
+
+
+def tiny_nmnist(out: str, num_clutter: int, duplicates: dict[str, int]) -> str:
+    """A one-shard nMNIST dataset on 32 x 32 canvases in `out` (no progress bar)."""
+    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=num_clutter, num_shards=1,
+                           progress=False, duplicates=duplicates)
+    return out
 
 
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
