@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 
-from needles_tf.data import mnist, nmnist, records
+from needles_tf.generation import mnist, nmnist, writer
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
         count = min(args.images, composer.split_size("train"))
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            records.write_dataset(
+            writer.write_dataset(
                 out, kind="nmnist", params={"bench": canvas},
                 image={"height": canvas, "width": canvas, "channels": 1},
                 split_sizes={"train": count}, make_example=composer, num_shards=4,

@@ -11,7 +11,8 @@ import argparse
 import tempfile
 import time
 
-from needles_tf.data import make_dataset, nmnist
+from needles_tf.generation import nmnist
+from needles_tf.input import make_dataset
 
 
 def main():

@@ -16,6 +16,8 @@ import resource
 import time
 
 import needles_tf  # noqa: F401  (first: sets the CPU's oneDNN default before TensorFlow starts)
+
+# isort: split
 import keras
 import numpy as np
 
@@ -32,7 +34,7 @@ def conv_flops(model: keras.Model, height: int, width: int, channels: int) -> fl
             shapes[layer.name] = layer
     probe = keras.Model(model.input, [model.get_layer(n).output for n in shapes])
     outputs = probe.compute_output_shape((1, height, width, channels))
-    for (name, layer), shape in zip(shapes.items(), outputs):
+    for layer, shape in zip(shapes.values(), outputs):
         kernel = layer.kernel.shape
         fan_in = int(np.prod(kernel[:-1]))
         locations = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
@@ -81,12 +83,14 @@ def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--canvas", default="64", help="comma-separated input sizes")
-    parser.add_argument("--rf", default="33", help=f"comma-separated presets of {sorted(RF_PRESETS)}")
+    parser.add_argument("--rf", default="33",
+                        help=f"comma-separated presets of {sorted(RF_PRESETS)}")
     parser.add_argument("--scale", default="0.25", help="comma-separated capacity scales")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--pooling", default="max")
-    parser.add_argument("--precision", default="float32", help="float32 | mixed_float16 | mixed_bfloat16")
+    parser.add_argument("--precision", default="float32",
+                        help="float32 | mixed_float16 | mixed_bfloat16")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--no_norm", action="store_true", help="no instance normalisation")
     parser.add_argument("--peak_tflops", type=float, help="device peak, for model FLOP utilisation")

@@ -11,7 +11,7 @@ import argparse
 import tempfile
 import time
 
-from needles_tf.data import ncamelyon, slides
+from needles_tf.generation import ncamelyon, ncamelyon_config, slides
 
 
 def main():
@@ -19,7 +19,7 @@ def main():
     parser.add_argument("--patients", type=int, default=10)
     parser.add_argument("--slide_size", type=int, default=4096, help="level-0 pixels")
     parser.add_argument("--crop_size", type=int, default=64)
-    parser.add_argument("--o2i_bin", default="1-10", choices=list(ncamelyon.O2I_BINS))
+    parser.add_argument("--o2i_bin", default="1-10", choices=list(ncamelyon_config.O2I_BINS))
     parser.add_argument("--level", type=int, default=3)
     parser.add_argument("--crops_per_region", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
@@ -32,7 +32,7 @@ def main():
         slides.make_synthetic_slides(slide_dir, args.patients, seed=0, size=args.slide_size,
                                      levels=max(args.level + 1, 5))
         made = time.perf_counter() - start
-        config = ncamelyon.NcamelyonConfig(
+        config = ncamelyon_config.NcamelyonConfig(
             crop_size=args.crop_size, o2i_bin=args.o2i_bin, level=args.level,
             crops_per_region=args.crops_per_region, num_shards=4)
         start = time.perf_counter()

@@ -18,7 +18,7 @@ import pytest
 from tiny_runs import WORKTREE, finish, start_binary
 
 from needles_tf.bin import native_log
-from needles_tf.data import mnist, nmnist, records
+from needles_tf.generation import mnist, nmnist, writer
 
 FLAGS_DIR = pathlib.Path(WORKTREE) / "flags"
 TRAINING_FLAGFILES = sorted(
@@ -44,7 +44,7 @@ def canary_runs(tmp_path_factory):
     the demo's nMNIST: 2 training steps at batch 32, then validation and test."""
     data_dir = str(tmp_path_factory.mktemp("canary_data"))
     composer = nmnist.NmnistComposer(mnist.load_mnist("embedded"), canvas_size=64, num_clutter=2)
-    records.write_dataset(data_dir, kind="nmnist", params={"canary": True},
+    writer.write_dataset(data_dir, kind="nmnist", params={"canary": True},
                           image={"height": 64, "width": 64, "channels": 1},
                           split_sizes={"train": 64, "val": 32, "test": 32},
                           make_example=composer, num_shards=1, progress=False)

@@ -10,7 +10,7 @@ import keras
 import pytest
 from tiny_runs import start_binary, tiny_nmnist
 
-from needles_tf.training import run_dir
+from needles_tf import run_dir
 from needles_tf.training.trainer import TrainConfig, train
 
 SCRIPTS = os.path.dirname(sys.executable)  # run.sh installs the package into this venv

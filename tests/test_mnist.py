@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 import pytest
-
 from mnist_files import NUM_TEST, NUM_TRAIN, write_idx_set
-from needles_tf.data import mnist
+
+from needles_tf.generation import mnist
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -10,7 +10,12 @@ import tensorflow as tf
 
 import needles_tf.models as models
 from needles_tf.models import (
-    AttentionPooling, LogSumExpPooling, build_classifier, build_evidence_model, receptive_field,
+    AttentionPooling,
+    LogSumExpPooling,
+    bagnet,
+    build_classifier,
+    build_evidence_model,
+    receptive_field,
 )
 
 TINY = dict(width_scale=1 / 16)
@@ -29,7 +34,8 @@ def test_computed_receptive_field(k3, expected):
     assert receptive_field(k3) == expected
 
 
-@pytest.mark.parametrize("k3", [(1, 1, 0, 0), (1, 1, 1, 1), (3, 4, 6, 3), (2, 0, 0, 0), (0, 1, 2, 1)])
+@pytest.mark.parametrize(
+    "k3", [(1, 1, 0, 0), (1, 1, 1, 1), (3, 4, 6, 3), (2, 0, 0, 0), (0, 1, 2, 1)])
 def test_measured_receptive_field_equals_computed(k3):
     """Input-gradient support of one embedding location, with normalisation off."""
     model = build_classifier(1, k3=k3, normalization=False, **TINY)
@@ -98,6 +104,17 @@ def test_attention_weights_sum_to_one_per_image():
     assert np.all(weights >= 0)
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_shortcut_and_main_path_agree_at_every_size(kernel):
+    """A strided block's 1x1 shortcut and its padded k x k main path both give ceil(n / 2), so
+    no cropping is ever needed (Keras' Add raises on static shapes that differ)."""
+    inputs = keras.Input((None, None, 4))
+    block = keras.Model(inputs, bagnet.bottleneck(inputs, 2, 2, kernel, False, "block"))
+    for size in range(1, 257):
+        shape = block.compute_output_shape((1, size, size + 1, 4))
+        assert shape == (1, -(-size // 2), -(-(size + 1) // 2), 8), size
+
+
 def test_model_runs_on_inputs_of_different_sizes():
     model = build_classifier(1, receptive_field=33, **TINY)
     for shape in [(2, 32, 32, 1), (1, 80, 48, 1), (3, 64, 64, 1)]:
@@ -134,7 +151,8 @@ def test_mixed_precision_gives_finite_float32_logits(mixed_precision, pooling):
 
 def test_mean_of_evidence_map_equals_mean_pooled_logits():
     model = build_classifier(1, receptive_field=33, pooling="mean", **TINY)
-    outputs = build_evidence_model(model)(np.random.default_rng(4).random((2, 64, 48, 1)).astype("float32"))
+    images = np.random.default_rng(4).random((2, 64, 48, 1)).astype("float32")
+    outputs = build_evidence_model(model)(images)
     evidence = keras.ops.convert_to_numpy(outputs["evidence_map"])
     assert evidence.shape == (2, 8, 6, 2)
     np.testing.assert_allclose(evidence.mean(axis=(1, 2)),

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from needles_tf.data import camelyon, make_dataset, ncamelyon, records, slides
+from needles_tf.data import metadata, schema
+from needles_tf.generation import camelyon, ncamelyon, ncamelyon_config, ncamelyon_tables, slides
+from needles_tf.input import make_dataset
 
 CROP = 64
 FLAGS_DIR = os.path.join(os.path.dirname(__file__), "..", "flags", "ncamelyon")
@@ -27,8 +29,8 @@ def tree(tmp_path_factory):
 
 
 def _config(**kw):
-    return ncamelyon.NcamelyonConfig(**{"crop_size": CROP, "o2i_bin": "1-10",
-                                        "crops_per_region": 12, "num_shards": 2, **kw})
+    return ncamelyon_config.NcamelyonConfig(**{"crop_size": CROP, "o2i_bin": "1-10",
+                                               "crops_per_region": 12, "num_shards": 2, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,11 @@ def built(tree, tmp_path_factory):
 
 def _records(data_dir):
     out = {}
-    for split in records.SPLITS:
+    for split in metadata.SPLITS:
         rows = []
-        for path in records.shard_paths(data_dir, split):
+        for path in metadata.shard_paths(data_dir, split):
             for serialized in tf.data.TFRecordDataset(path):
-                p = records.parse_example(serialized)
+                p = schema.Decoder().decode(serialized)
                 rows.append({
                     "image": tf.io.decode_png(p["image/encoded"]).numpy(),
                     "mask": tf.io.decode_png(p["object/mask"]).numpy()[..., 0] > 0,
@@ -78,7 +80,7 @@ def masks(tree):
 
 
 def test_positives_lie_in_their_bin_and_hold_their_whole_region(rows, masks):
-    lo, hi = ncamelyon.O2I_BINS["1-10"]
+    lo, hi = ncamelyon_config.O2I_BINS["1-10"]
     positives = [r for split in rows.values() for r in split if r["label"] == 1]
     assert len(positives) > 50
     for r in positives:
@@ -121,7 +123,7 @@ def test_split_by_centre_and_no_slide_in_two_splits(built, rows):
 
 def test_counts_and_tables_agree_with_the_records(built, rows):
     out, meta = built
-    saved = records.read_metadata(out)
+    saved = metadata.read_metadata(out)
     for split, items in rows.items():
         labels = Counter(r["label"] for r in items)
         assert labels[1] == labels[0] > 0  # balanced per split
@@ -131,14 +133,14 @@ def test_counts_and_tables_agree_with_the_records(built, rows):
         assert (summary["positives"], summary["negatives"]) == (labels[1], labels[0])
         lesions = {(r["source"].group(1), r["source"].group(3)) for r in items if r["label"]}
         assert summary["unique_lesions"] == len(lesions)
-    table1, table2 = ncamelyon.paper_tables([saved])
+    table1, table2 = ncamelyon_tables.paper_tables([saved])
     assert table1[2] == ["(1-10]%"] + [str(saved["summary"][s]["unique_lesions"])
-                                        for s in records.SPLITS]
+                                        for s in metadata.SPLITS]
     assert table2[3] == ["negative"] + [str(saved["summary"][s]["negatives"])
-                                         for s in records.SPLITS]
-    text = open(os.path.join(out, ncamelyon.SUMMARY_MD)).read()
-    assert ncamelyon.markdown_table(table2) in text
-    csv_rows = open(os.path.join(out, ncamelyon.SUMMARY_CSV)).read().splitlines()
+                                         for s in metadata.SPLITS]
+    text = open(os.path.join(out, ncamelyon_tables.SUMMARY_MD)).read()
+    assert ncamelyon_tables.markdown_table(table2) in text
+    csv_rows = open(os.path.join(out, ncamelyon_tables.SUMMARY_CSV)).read().splitlines()
     assert csv_rows[1].split(",")[0] == "train"
     assert csv_rows[1].split(",")[-2:] == [str(saved["summary"]["train"]["positives"])] * 2
 
@@ -211,7 +213,7 @@ def test_bad_inputs_are_reported_and_skipped(tree, tmp_path):
         assert sum(bool(re.search(pattern, e)) for e in errors) == 1, (pattern, errors)
     assert sorted(meta["slides"]) == ["patient_000_node_0", "patient_001_node_0"]
     assert meta["splits"]["train"]["positives"] == meta["splits"]["train"]["negatives"] > 0
-    assert "Skipped slides" in open(os.path.join(out, ncamelyon.SUMMARY_MD)).read()
+    assert "Skipped slides" in open(os.path.join(out, ncamelyon_tables.SUMMARY_MD)).read()
     # strict stops at the first bad slide, in the binary too (exit message names the file).
     with pytest.raises(camelyon.SlideError, match="tumor_001.tif|patient_060"):
         ncamelyon.build_ncamelyon(slide_dir, str(tmp_path / "strict"), _config(),
@@ -230,19 +232,19 @@ def test_stage_labels_keep_unannotated_positive_slides_out(tree, tmp_path):
     labels = tmp_path / "stage_labels.csv"
     labels.write_text("patient,stage\npatient_001.zip,pN1\npatient_001_node_0.tif,itc\n"
                       "patient_021_node_0.tif,negative\n")
-    sources = ncamelyon.discover_slides(slide_dir, annotation_dir, _config(), str(labels))
+    sources = camelyon.discover_slides(slide_dir, annotation_dir, stage_labels=str(labels))
     negatives = sorted(s.name for s in sources if s.annotation is None)
     assert "patient_001_node_0" not in negatives and "patient_021_node_0" in negatives
 
 
 def test_config_and_presets():
     with pytest.raises(ValueError, match="o2i_bin must be one of"):
-        ncamelyon.NcamelyonConfig(o2i_bin="5-10")
+        ncamelyon_config.NcamelyonConfig(o2i_bin="5-10")
     presets = sorted(os.listdir(FLAGS_DIR))
-    assert len(presets) == len(ncamelyon.CROP_SIZES) * len(ncamelyon.O2I_BINS)
+    assert len(presets) == len(ncamelyon_config.CROP_SIZES) * len(ncamelyon_config.O2I_BINS)
     for name in presets:
         flags = dict(re.findall(r"^--(\w+)=(\S+)$", open(os.path.join(FLAGS_DIR, name)).read(),
                                 re.M))
-        assert int(flags["crop_size"]) in ncamelyon.CROP_SIZES
-        assert flags["o2i_bin"] in ncamelyon.O2I_BINS and flags["level"] == "3"
+        assert int(flags["crop_size"]) in ncamelyon_config.CROP_SIZES
+        assert flags["o2i_bin"] in ncamelyon_config.O2I_BINS and flags["level"] == "3"
         assert name == f"crop{flags['crop_size']}_o2i_{flags['o2i_bin']}.cfg"

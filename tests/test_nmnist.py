@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from mnist_files import write_idx_set
-from needles_tf.data import mnist, nmnist, records
+
+from needles_tf.data import metadata, schema
+from needles_tf.generation import mnist, nmnist
 
 FLAGS_DIR = os.path.join(os.path.dirname(__file__), "..", "flags", "nmnist")
 
@@ -50,7 +51,7 @@ def test_presets_have_the_papers_o2i(embedded, o2i_name, canvas, clutter):
     assert f"{100 * nmnist.o2i(canvas):.2g}" == f"{float(o2i_name):.2g}"
     composer = nmnist.NmnistComposer(embedded, canvas, clutter)
     serialized, label = composer("test", 0)
-    parsed = records.parse_example(serialized)
+    parsed = schema.Decoder().decode(serialized)
     assert label == 1 and parsed["o2i"].numpy() == pytest.approx(28 * 28 / canvas ** 2)
     assert tf.io.decode_png(parsed["image/encoded"]).shape == (canvas, canvas, 1)
     assert parsed["clutter/count"].numpy() == clutter
@@ -59,11 +60,11 @@ def test_presets_have_the_papers_o2i(embedded, o2i_name, canvas, clutter):
 def test_each_positive_has_exactly_one_needle_in_its_box(embedded):
     canvas = 48  # crowded: 12 digits on 48x48, so overlaps and saturation happen
     composer = nmnist.NmnistComposer(embedded, canvas, num_clutter=11, seed=5)
-    labels = {s: embedded[s].labels for s in records.SPLITS}
-    for split in records.SPLITS:
+    labels = {s: embedded[s].labels for s in metadata.SPLITS}
+    for split in metadata.SPLITS:
         for index in range(0, 40):
             serialized, label = composer(split, index)
-            parsed = records.parse_example(serialized)
+            parsed = schema.Decoder().decode(serialized)
             image = tf.io.decode_png(parsed["image/encoded"]).numpy()[:, :, 0]
             plan = composer.plan(split, index)
             is_needle = labels[split][plan.rows] == 3
@@ -95,7 +96,7 @@ def test_each_positive_has_exactly_one_needle_in_its_box(embedded):
 
 def test_needles_used_duplicates_times_and_clutter_never_a_needle(embedded):
     composer = nmnist.NmnistComposer(embedded, 32, 3, duplicates={"train": 1, "val": 3, "test": 2})
-    for split in records.SPLITS:
+    for split in metadata.SPLITS:
         n = composer.split_size(split)
         needles = [composer.plan(split, i).rows[0] for i in range(0, n, 2)]
         counts = np.unique(needles, return_counts=True)[1]

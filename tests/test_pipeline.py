@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from needles_tf.data import dataset_info, make_dataset, nmnist, records
-from needles_tf.data.noise import make_noise_dataset
-from needles_tf.data.pipeline import select_indices
+from needles_tf.data import metadata, schema
+from needles_tf.generation import nmnist
+from needles_tf.input import dataset_info, make_dataset
+from needles_tf.input.noise import make_noise_dataset
+from needles_tf.input.order import select_indices
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +45,10 @@ def test_batches_and_info(data_dir):
 
 def test_evaluation_is_in_file_order_and_matches_records(data_dir):
     hashes, labels = epoch(make_dataset(data_dir, "val", 32, training=False, cache="none"))
-    paths = records.verify_shards(data_dir, "val")
+    paths = metadata.verify_shards(data_dir, "val")
     expected = []
     for serialized in tf.data.TFRecordDataset(paths):
-        p = records.parse_example(serialized)
+        p = schema.Decoder().decode(serialized)
         image = tf.cast(tf.io.decode_png(p["image/encoded"]), tf.float32) / 255.0
         expected.append(hashlib.sha1(image.numpy().tobytes()).hexdigest())
     assert hashes == expected and list(labels[:4]) == [1, 0, 1, 0]
@@ -104,9 +106,9 @@ def test_corrupt_shard_is_named(data_dir, tmp_path):
     with open(f"{copy}/val-00000-of-00002.tfrecord", "r+b") as f:
         f.seek(50)
         f.write(b"\0\0\0")
-    with pytest.raises(records.DatasetError, match="val-00000-of-00002.tfrecord: corrupt shard"):
+    with pytest.raises(metadata.DatasetError, match="val-00000-of-00002.tfrecord: corrupt shard"):
         make_dataset(copy, "val", 8, False)
-    with pytest.raises(records.DatasetError, match="no split 'holdout'"):
+    with pytest.raises(metadata.DatasetError, match="no split 'holdout'"):
         make_dataset(copy, "holdout", 8, False)
 
 

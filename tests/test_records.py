@@ -1,17 +1,18 @@
 """TFRecords: schema round trip, deterministic parallel writer, resume / repair, clear errors."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from mnist_files import write_idx_set
-from needles_tf.data import mnist, nmnist, records
+
+from needles_tf.data import metadata, schema
+from needles_tf.generation import mnist, nmnist, writer
 
 GEN = dict(canvas_size=32, num_clutter=1, num_shards=3, progress=False)
 
@@ -33,11 +34,11 @@ def test_example_round_trip(channels):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (17, 23, channels), dtype=np.uint8)
     mask = (rng.random((17, 23)) > 0.5).astype(np.uint8)
-    serialized = records.encode_example(image, 1, 0.25, [1, 2, 11, 22], "slide_7/lesion_2",
+    serialized = schema.encode_example(image, 1, 0.25, [1, 2, 11, 22], "slide_7/lesion_2",
                                         clutter_count=5, mask=mask)
     # Our hand-written protobuf is a real tf.train.Example.
     assert tf.train.Example.FromString(serialized).features.feature["label"].int64_list.value == [1]
-    p = records.parse_example(serialized)
+    p = schema.Decoder().decode(serialized)
     np.testing.assert_array_equal(tf.io.decode_png(p["image/encoded"]).numpy(), image)
     np.testing.assert_array_equal(tf.io.decode_png(p["object/mask"]).numpy()[:, :, 0], mask)
     assert [p[k].numpy() for k in ("image/height", "image/width", "image/channels")] == [
@@ -48,7 +49,7 @@ def test_example_round_trip(channels):
 
 
 def test_negative_example_has_empty_box_and_no_mask():
-    p = records.parse_example(records.encode_example(np.zeros((8, 8), np.uint8), 0, 0.0, None,
+    p = schema.Decoder().decode(schema.encode_example(np.zeros((8, 8), np.uint8), 0, 0.0, None,
                                                      "x"))
     assert p["object/bbox"].numpy().size == 0 and p["object/mask"].numpy() == b""
 
@@ -56,17 +57,17 @@ def test_negative_example_has_empty_box_and_no_mask():
 def test_generated_records_round_trip(reference):
     out, meta, _ = reference
     composer = nmnist.NmnistComposer(mnist.load_mnist("embedded"), 32, 1)
-    for split in records.SPLITS:
+    for split in metadata.SPLITS:
         info = meta["splits"][split]
         assert info["count"] == composer.split_size(split) == 2 * info["positives"]
-        paths = records.verify_shards(out, split)
+        paths = metadata.verify_shards(out, split)
         assert [os.path.basename(p) for p in paths] == [
-            records.shard_name(split, i, len(paths)) for i in range(len(paths))]
+            metadata.shard_name(split, i, len(paths)) for i in range(len(paths))]
         serialized = list(tf.data.TFRecordDataset(paths).as_numpy_iterator())
         assert len(serialized) == info["count"]
         for index in (0, 1, info["count"] - 1):
             assert serialized[index] == composer(split, index)[0]
-    assert records.read_metadata(out)["params"]["canvas_size"] == 32
+    assert metadata.read_metadata(out)["params"]["canvas_size"] == 32
 
 
 def test_output_is_identical_with_two_workers(reference, tmp_path):
@@ -89,8 +90,8 @@ class FailAt:
 
 
 def _write(out, make_example, composer, workers=1):
-    sizes = {s: composer.split_size(s) for s in records.SPLITS}
-    return records.write_dataset(  # positional form, image given through `extra`
+    sizes = {s: composer.split_size(s) for s in metadata.SPLITS}
+    return writer.write_dataset(  # positional form, image given through `extra`
         out, "nmnist", {"test": 1}, sizes, make_example,
         num_shards={"train": 4, "val": 1, "test": 2}, workers=workers, progress=False,
         extra={"image": {"height": 32, "width": 32, "channels": 1}, "note": "resume test"})
@@ -101,8 +102,8 @@ def test_resume_after_interruption_keeps_finished_shards(tmp_path):
     composer = nmnist.NmnistComposer(mnist.load_mnist("embedded"), 32, 1)
     with pytest.raises(RuntimeError, match="killed"):
         _write(out, FailAt(composer, "train", 500), composer)  # dies in train shard 2 of 4
-    assert not os.path.exists(os.path.join(out, records.METADATA_FILE))
-    partial = json.load(open(os.path.join(out, records.PARTIAL_FILE)))
+    assert not os.path.exists(os.path.join(out, metadata.METADATA_FILE))
+    partial = json.load(open(os.path.join(out, metadata.PARTIAL_FILE)))
     finished = [s["file"] for s in partial["splits"]["train"]["shards"]]
     assert finished == ["train-00000-of-00004.tfrecord", "train-00001-of-00004.tfrecord"]
     assert not [f for f in os.listdir(out) if ".tmp" in f]
@@ -110,9 +111,9 @@ def test_resume_after_interruption_keeps_finished_shards(tmp_path):
     meta = _write(out, composer, composer, workers=2)
     assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in finished} == mtimes
     assert meta["splits"]["train"]["count"] == composer.split_size("train")
-    assert [len(meta["splits"][s]["shards"]) for s in records.SPLITS] == [4, 1, 2]
-    assert records.read_metadata(out)["note"] == "resume test"
-    assert not os.path.exists(os.path.join(out, records.PARTIAL_FILE))
+    assert [len(meta["splits"][s]["shards"]) for s in metadata.SPLITS] == [4, 1, 2]
+    assert metadata.read_metadata(out)["note"] == "resume test"
+    assert not os.path.exists(os.path.join(out, metadata.PARTIAL_FILE))
     clean = str(tmp_path / "clean")
     _write(clean, composer, composer)
     assert shard_bytes(out) == shard_bytes(clean)
@@ -127,10 +128,10 @@ def test_rerun_repairs_deleted_and_corrupt_shards(reference, tmp_path):
     with open(os.path.join(out, corrupt), "r+b") as f:
         f.seek(100)
         f.write(b"\xff\xff")
-    with pytest.raises(records.DatasetError, match=f"{corrupt}: corrupt shard"):
-        records.verify_shards(out, "test")
-    with pytest.raises(records.DatasetError, match=f"{deleted}: shard missing"):
-        records.verify_shards(out, "train")
+    with pytest.raises(metadata.DatasetError, match=f"{corrupt}: corrupt shard"):
+        metadata.verify_shards(out, "test")
+    with pytest.raises(metadata.DatasetError, match=f"{deleted}: shard missing"):
+        metadata.verify_shards(out, "train")
     kept = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in ref_bytes
             if f not in (deleted, corrupt)}
     nmnist.generate_nmnist(out, workers=1, **GEN)
@@ -141,23 +142,23 @@ def test_rerun_repairs_deleted_and_corrupt_shards(reference, tmp_path):
 def test_other_parameters_need_overwrite(tmp_path):
     out = str(tmp_path)
     nmnist.generate_nmnist(out, workers=1, **GEN)
-    with pytest.raises(records.DatasetError, match="dataset.json.*params.seed: 0 -> 1"):
+    with pytest.raises(metadata.DatasetError, match="dataset.json.*params.seed: 0 -> 1"):
         nmnist.generate_nmnist(out, workers=1, seed=1, **GEN)
     meta = nmnist.generate_nmnist(out, workers=1, seed=1, overwrite=True, **GEN)
-    assert meta["params"]["seed"] == 1 and records.read_metadata(out)["params"]["seed"] == 1
+    assert meta["params"]["seed"] == 1 and metadata.read_metadata(out)["params"]["seed"] == 1
 
 
 def test_sidecar_errors_name_the_file(reference, tmp_path):
-    with pytest.raises(records.DatasetError, match=f"{tmp_path}/dataset.json: not found"):
-        records.read_metadata(str(tmp_path))
-    meta = json.load(open(os.path.join(reference[0], records.METADATA_FILE)))
+    with pytest.raises(metadata.DatasetError, match=f"{tmp_path}/dataset.json: not found"):
+        metadata.read_metadata(str(tmp_path))
+    meta = json.load(open(os.path.join(reference[0], metadata.METADATA_FILE)))
     meta["schema_version"] = 2
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(records.DatasetError, match="dataset.json: schema_version 2, .* version 1"):
-        records.read_metadata(str(tmp_path))
+    with pytest.raises(metadata.DatasetError, match="dataset.json: schema_version 2, .* version 1"):
+        metadata.read_metadata(str(tmp_path))
     (tmp_path / "dataset.json").write_text("{not json")
-    with pytest.raises(records.DatasetError, match="dataset.json: not valid JSON"):
-        records.read_metadata(str(tmp_path))
+    with pytest.raises(metadata.DatasetError, match="dataset.json: not valid JSON"):
+        metadata.read_metadata(str(tmp_path))
 
 
 def run_bin(*args):
@@ -171,10 +172,10 @@ def test_binary_generates_from_idx_files(tmp_path):
     result = run_bin(f"--mnist=idx:{tmp_path / 'mnist'}", f"--output_dir={out}",
                      "--canvas_size=40", "--num_clutter=2", "--workers=2", "--noprogress")
     assert result.returncode == 0, result.stderr
-    meta = records.read_metadata(out)
+    meta = metadata.read_metadata(out)
     threes = {"train": np.sum(labels["train"][5000:] == 3),
               "val": np.sum(labels["train"][:5000] == 3), "test": np.sum(labels["t10k"] == 3)}
-    assert {s: meta["splits"][s]["count"] for s in records.SPLITS} == {
+    assert {s: meta["splits"][s]["count"] for s in metadata.SPLITS} == {
         "train": 2 * threes["train"], "val": 4 * threes["val"], "test": 4 * threes["test"]}
     assert meta["params"]["mnist"] == f"idx:{tmp_path / 'mnist'}"
 

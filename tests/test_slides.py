@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from needles_tf.data import camelyon, slides
+from needles_tf.generation import camelyon, slides
 
 SIZE = 1024
 

@@ -8,9 +8,9 @@ import sys
 import keras
 import numpy as np
 
-from needles_tf.data import nmnist
+from needles_tf import run_dir
+from needles_tf.generation import nmnist
 from needles_tf.models import build_classifier
-from needles_tf.training import run_dir
 
 WORKTREE = str(pathlib.Path(__file__).resolve().parents[1])
 

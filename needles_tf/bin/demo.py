@@ -17,8 +17,8 @@ import time
 
 from absl import flags
 
+from needles_tf import run_dir
 from needles_tf.bin import common
-from needles_tf.training import run_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("part", "nmnist", ["nmnist", "camelyon"], "Which demo to run.")
@@ -64,7 +64,7 @@ def _write_test_images(data_dir: str, out_dir: str, count: int) -> list[tuple[st
     import numpy as np
     import tensorflow as tf
 
-    from needles_tf.data import make_dataset
+    from needles_tf.input import make_dataset
 
     os.makedirs(out_dir, exist_ok=True)
     wanted = {0: count // 2, 1: count - count // 2}

@@ -10,10 +10,9 @@ import sys
 
 from absl import flags
 
-from needles_tf import atomic
+from needles_tf import atomic, run_dir
 from needles_tf.bin import common
-from needles_tf.data import records
-from needles_tf.training import run_dir
+from needles_tf.data import metadata
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory of needles-train (holds best.keras).")
@@ -43,14 +42,14 @@ def main(argv):
     try:
         # Paths first, so that a typo is reported without waiting for TensorFlow to load.
         run_dir.best_model_path(FLAGS.model_dir)
-        records.split_metadata(records.read_metadata(FLAGS.data_dir), FLAGS.split, FLAGS.data_dir)
+        metadata.split_metadata(metadata.read_metadata(FLAGS.data_dir), FLAGS.split, FLAGS.data_dir)
         from needles_tf.evaluation.evaluate import evaluate
 
         model = run_dir.load_best_model(FLAGS.model_dir)
         result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
         result = {"model_dir": FLAGS.model_dir, **result}
         atomic.write_json(output, result)
-    except (run_dir.RunDirError, records.DatasetError, ValueError, OSError) as e:
+    except (run_dir.RunDirError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")
     print(_format(result))
     print(f"metrics written to {output}")

@@ -11,8 +11,8 @@ import sys
 
 from absl import flags
 
+from needles_tf import run_dir
 from needles_tf.bin import common
-from needles_tf.training import run_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Run directory of needles-train (holds best.keras).")

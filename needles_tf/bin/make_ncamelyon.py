@@ -16,7 +16,8 @@ import sys
 from absl import flags
 
 from needles_tf.bin import common
-from needles_tf.data import camelyon, ncamelyon, records
+from needles_tf.data import metadata
+from needles_tf.generation import camelyon, ncamelyon, ncamelyon_config, ncamelyon_tables
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("slide_dir", None, "Root of the slides (searched recursively).",
@@ -30,7 +31,7 @@ flags.DEFINE_string("output_dir", None, "Dataset directory; default "
                     "tfrecords/ncamelyon_<crop_size>_<o2i_bin>.")
 flags.DEFINE_integer("crop_size", 256, "Crop height = width in pixels at --level (the paper: "
                      "128, 256, 512, 1024).", lower_bound=1)
-flags.DEFINE_enum("o2i_bin", "1-10", list(ncamelyon.O2I_BINS),
+flags.DEFINE_enum("o2i_bin", "1-10", list(ncamelyon_config.O2I_BINS),
                   "Lesion fraction bin (lo, hi] in percent.")
 flags.DEFINE_integer("crops_per_region", 50, "Random crops tried per lesion region.",
                      lower_bound=1)
@@ -64,7 +65,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(
         "tfrecords", f"ncamelyon_{FLAGS.crop_size}_{FLAGS.o2i_bin}")
     try:
-        config = ncamelyon.NcamelyonConfig(
+        config = ncamelyon_config.NcamelyonConfig(
             crop_size=FLAGS.crop_size, o2i_bin=FLAGS.o2i_bin,
             crops_per_region=FLAGS.crops_per_region, level=FLAGS.level, seed=FLAGS.seed,
             lesion_groups=tuple(FLAGS.lesion_groups),
@@ -75,10 +76,11 @@ def main(argv):
             FLAGS.slide_dir, output_dir, config, annotation_dir=FLAGS.annotation_dir,
             stage_labels=FLAGS.stage_labels, workers=FLAGS.workers, strict=FLAGS.strict,
             overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-    except (camelyon.SlideError, records.DatasetError, ValueError) as e:
+    except (camelyon.SlideError, metadata.DatasetError, ValueError) as e:
         sys.exit(f"needles-make-ncamelyon: error: {e}")
-    print(ncamelyon.summary_text(meta))
-    print(f"written to {output_dir} (tables in {ncamelyon.SUMMARY_MD}, {ncamelyon.SUMMARY_CSV})")
+    print(ncamelyon_tables.summary_text(meta))
+    print(f"written to {output_dir} (tables in {ncamelyon_tables.SUMMARY_MD}, "
+          f"{ncamelyon_tables.SUMMARY_CSV})")
 
 
 def run():

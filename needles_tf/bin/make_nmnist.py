@@ -12,7 +12,8 @@ import sys
 from absl import flags
 
 from needles_tf.bin import common
-from needles_tf.data import mnist, nmnist, records
+from needles_tf.data import metadata
+from needles_tf.generation import mnist, nmnist
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Dataset directory; default "
@@ -48,7 +49,7 @@ def main(argv):
                         "test": FLAGS.duplicates},
             mnist_source=FLAGS.mnist, seed=FLAGS.seed, num_shards=FLAGS.num_shards,
             workers=FLAGS.workers, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-    except (mnist.MnistSourceError, records.DatasetError, ValueError) as e:
+    except (mnist.MnistSourceError, metadata.DatasetError, ValueError) as e:
         sys.exit(f"needles-make-nmnist: error: {e}")  # a data problem: no usage text
     counts = ", ".join(f"{s} {v['count']} ({v['positives']} positive)"
                        for s, v in meta["splits"].items())

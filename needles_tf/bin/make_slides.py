@@ -12,7 +12,7 @@ import sys
 from absl import flags
 
 from needles_tf.bin import common
-from needles_tf.data import slides
+from needles_tf.generation import slides
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Folder of the slide tree.", required=True)

@@ -12,8 +12,8 @@ import sys
 
 from absl import flags
 
+from needles_tf import run_dir
 from needles_tf.bin import common
-from needles_tf.training import run_dir
 from needles_tf.training.options import OPTIMIZERS, PRECISIONS, STRATEGIES
 from needles_tf.training.schedule import REFERENCE_SIZE
 
@@ -48,7 +48,9 @@ flags.DEFINE_enum("precision", "auto", list(PRECISIONS), "auto: mixed_float16 on
 flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "auto: mirrored over several "
                   "GPUs; multi_worker reads TF_CONFIG.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on GPU).")
-flags.DEFINE_enum("cache", "auto", ["auto", "memory", "none"], "Cache decoded images in memory.")
+flags.DEFINE_enum("cache", "auto", ["auto", "memory", "encoded", "none"],
+                  "How the training split is held: decoded in memory when it fits (auto), "
+                  "decoded, as PNGs (encoded), or streamed from the files (none).")
 flags.DEFINE_string("init_from", None, "A finished run directory whose best model's weights "
                     "start this run (a warm start, e.g. a curriculum from easier data).")
 flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", lower_bound=0)

@@ -8,28 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from needles_tf.data import dataset_info, make_dataset
 from needles_tf.evaluation.metrics import classification_metrics
-
-
-def needle_probability(logits):
-    """Softmax probability of class 1 (needle present) from logits [..., 2]."""
-    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., 1]
-
-
-def check_binary(model: keras.Model) -> None:
-    """A clear error unless the model outputs two logits (no needle / needle)."""
-    classes = model.output_shape[-1]
-    if classes != 2:
-        raise ValueError(f"model {model.name!r} has {classes} outputs; needle probabilities need 2")
-
-
-def min_image_size(model: keras.Model) -> int:
-    """Smallest height / width the classifier accepts (from its "check_size" layer; 1 without)."""
-    try:
-        return int(model.get_layer("check_size").min_size)
-    except ValueError:
-        return 1
+from needles_tf.input import dataset_info, make_dataset
+from needles_tf.models import check_binary, min_image_size, needle_probability
 
 
 def predict_probabilities(model: keras.Model,
@@ -39,7 +20,7 @@ def predict_probabilities(model: keras.Model,
     labels, probs = [], []
     for images, batch_labels in dataset:  # predict_on_batch reuses the model's compiled step
         logits = model.predict_on_batch(images)
-        probs.append(needle_probability(logits).numpy())
+        probs.append(np.asarray(needle_probability(logits)))
         labels.append(batch_labels.numpy())
     if not labels:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
@@ -50,7 +31,7 @@ def evaluate(model: keras.Model, data_dir: str, split: str = "test",
              batch_size: int = 32) -> dict[str, Any]:
     """Metrics (see `classification_metrics`) of `model` on one split of a dataset directory.
 
-    Raises ValueError (records.DatasetError for dataset problems) naming the dataset and the
+    Raises ValueError (metadata.DatasetError for dataset problems) naming the dataset and the
     mismatch when its images do not fit the model.
     """
     info = dataset_info(data_dir, split)

@@ -9,7 +9,7 @@ of each stage use 3x3 -- sets the receptive field exactly.
 from typing import Sequence
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from needles_tf.models.normalization import InstanceNormalization
 
@@ -33,7 +33,8 @@ def check_k3(k3: Sequence[int]) -> tuple[int, ...]:
     return k3
 
 
-def resolve_k3(receptive_field: int | None = None, k3: Sequence[int] | None = None) -> tuple[int, ...]:
+def resolve_k3(receptive_field: int | None = None,
+               k3: Sequence[int] | None = None) -> tuple[int, ...]:
     """The 3x3-block tuple from either a receptive-field preset or an explicit tuple."""
     if (receptive_field is None) == (k3 is None):
         raise ValueError("give exactly one of receptive_field (9, 33, 177) or k3 (a 4-tuple)")
@@ -41,7 +42,8 @@ def resolve_k3(receptive_field: int | None = None, k3: Sequence[int] | None = No
         return check_k3(k3)
     if receptive_field not in RF_PRESETS:
         raise ValueError(
-            f"receptive_field must be one of {sorted(RF_PRESETS)} (or pass k3); got {receptive_field!r}"
+            f"receptive_field must be one of {sorted(RF_PRESETS)} (or pass k3); "
+            f"got {receptive_field!r}"
         )
     return RF_PRESETS[receptive_field]
 
@@ -105,20 +107,6 @@ def _padded_conv(x, filters: int, kernel: int, stride: int, name: str):
     return _conv(filters, kernel, stride, name=name)(x)
 
 
-@keras.saving.register_keras_serializable(package="needles_tf")
-class CropToMatch(keras.layers.Layer):
-    """Crops the first input's spatial size to the second's (bottom/right), for residual adds."""
-
-    def call(self, inputs):
-        x, reference = inputs
-        shape = ops.shape(reference)
-        return x[:, : shape[1], : shape[2], :]
-
-    def compute_output_shape(self, input_shapes):
-        x_shape, ref_shape = input_shapes
-        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
-
-
 def bottleneck(x, planes: int, stride: int, kernel: int, normalization: bool, name: str):
     """1x1 -> k x k (stride) -> 1x1 (4 * planes), instance-normalised, with a residual path."""
     mid = planes if kernel == 3 else int(2.5 * planes)
@@ -132,8 +120,9 @@ def bottleneck(x, planes: int, stride: int, kernel: int, normalization: bool, na
     shortcut = x
     if stride != 1 or x.shape[-1] != EXPANSION * planes:
         shortcut = _conv(EXPANSION * planes, 1, stride, name=f"{name}_down_conv")(x)
+        # A strided 1x1 gives ceil(n / stride), as the padded k x k of the main path does, so
+        # the two always match (tests/test_models.py checks every size up to 256).
         shortcut = _norm(normalization, f"{name}_down_norm")(shortcut)
-        shortcut = CropToMatch(name=f"{name}_crop")([shortcut, out])
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([out, shortcut]))
 
 

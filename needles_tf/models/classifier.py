@@ -5,7 +5,8 @@ from typing import Sequence
 import keras
 from keras import layers, ops
 
-from needles_tf.models.bagnet import bagnet_encoder, min_input_size, resolve_k3
+from needles_tf.models.bagnet import STAGE_BLOCKS, bagnet_encoder, min_input_size, resolve_k3
+from needles_tf.models.dtypes import wide_dtype
 from needles_tf.models.pooling import global_pooling
 
 
@@ -61,7 +62,7 @@ def build_classifier(
     inputs = keras.Input((None, None, channels), name="image")
     x = MinimumSize(min_input_size(k3), name="check_size")(inputs)
     embedding = bagnet_encoder(x, k3, width_scale, normalization)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")(pool(embedding))
+    logits = layers.Dense(num_classes, name="logits", dtype=wide_dtype())(pool(embedding))
     name = f"bagnet_k{''.join(map(str, k3))}_s{width_scale:g}_{pooling}"
     return keras.Model(inputs, logits, name=name)
 
@@ -73,6 +74,44 @@ def build_evidence_model(classifier: keras.Model) -> keras.Model:
     mean of the evidence map equals the logits; for the others it shows where evidence lies.
     """
     embedding = classifier.get_layer("embedding").output
-    evidence = classifier.get_layer("logits")(ops.cast(embedding, "float32"))
+    head = classifier.get_layer("logits")
+    evidence = head(ops.cast(embedding, head.compute_dtype))
     return keras.Model(classifier.input, {"logits": classifier.output, "evidence_map": evidence},
                        name=f"{classifier.name}_evidence")
+
+
+def classifier_k3(model: keras.Model) -> tuple[int, ...]:
+    """The 3x3-block tuple of a classifier built by `build_classifier` (saved or not).
+
+    Raises:
+        ValueError: the model has no BagNet blocks.
+    """
+    k3 = []
+    for stage, blocks in enumerate(STAGE_BLOCKS):
+        kernels = []
+        for block in range(blocks):
+            try:
+                layer = model.get_layer(f"stage{stage + 1}_block{block + 1}_conv2")
+            except ValueError:
+                raise ValueError(f"model {model.name!r} is not a BagNet classifier "
+                                 "(needles_tf.models.build_classifier)") from None
+            kernels.append(layer.kernel_size[0])
+        k3.append(sum(k == 3 for k in kernels))
+    return tuple(k3)
+
+
+def min_image_size(model: keras.Model) -> int:
+    """Smallest height / width a BagNet classifier accepts (ValueError for other models)."""
+    return min_input_size(classifier_k3(model))
+
+
+def check_binary(model: keras.Model) -> None:
+    """Raises ValueError unless the model outputs two logits (no needle / needle)."""
+    classes = model.output_shape[-1]
+    if classes != 2:
+        raise ValueError(f"model {model.name!r} has {classes} outputs; needle probabilities need 2")
+
+
+def needle_probability(logits):
+    """Softmax probability of class 1 (needle present) from logits [..., 2]."""
+    return ops.softmax(ops.cast(logits, "float32"), axis=-1)[..., 1]

@@ -16,8 +16,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from needles_tf.evaluation.evaluate import check_binary, min_image_size, needle_probability
-from needles_tf.models import build_evidence_model
+from needles_tf.models import build_evidence_model, check_binary, min_image_size, needle_probability
 
 SIGNATURE = "serving_default"
 INPUT = "images"

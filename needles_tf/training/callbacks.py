@@ -13,10 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from needles_tf import atomic
+from needles_tf import atomic, run_dir
 from needles_tf.evaluation.evaluate import predict_probabilities
 from needles_tf.evaluation.metrics import classification_metrics
-from needles_tf.training import run_dir
 
 
 def _finite_loss(logs: dict | None) -> bool:

@@ -11,7 +11,6 @@ import tensorflow as tf
 from needles_tf.training.options import PRECISIONS, STRATEGIES
 
 
-
 def num_gpus() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 

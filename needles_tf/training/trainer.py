@@ -16,13 +16,13 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from needles_tf.data import dataset_info, make_dataset
-from needles_tf import atomic
+from needles_tf import atomic, run_dir
 from needles_tf.evaluation.evaluate import evaluate
+from needles_tf.input import dataset_info, make_dataset
 from needles_tf.models import build_classifier, min_input_size
 from needles_tf.models.bagnet import resolve_k3
 from needles_tf.training import callbacks as cb
-from needles_tf.training import devices, run_dir
+from needles_tf.training import devices
 from needles_tf.training.optimizers import make_optimizer
 from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs, step_learning_rate
 from needles_tf.training.tensorboard import log_input_images
@@ -82,7 +82,8 @@ def _prepare_model_dir(config: TrainConfig) -> None:
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
-        raise TrainingError(f"model_dir {config.model_dir!r} is not writable: {e.strerror}")
+        raise TrainingError(
+            f"model_dir {config.model_dir!r} is not writable: {e.strerror}") from None
     path = os.path.join(config.model_dir, CONFIG)
     current = config.to_json()
     if os.path.exists(path):

@@ -27,7 +27,8 @@ from typing import Mapping
 
 import numpy as np
 
-from needles_tf.data import mnist, records
+from needles_tf.data import metadata, schema
+from needles_tf.generation import mnist, writer
 
 DIGIT = 28
 DEFAULT_DUPLICATES = {"train": 1, "val": 2, "test": 2}
@@ -90,13 +91,13 @@ class NmnistComposer:
             raise ValueError(f"duplicates must be >= 0, got {self.duplicates}")
         self.canvas_size, self.num_clutter = canvas_size, num_clutter
         self.needle_digit, self.seed = needle_digit, seed
-        self.digits = {s: data[s].images for s in records.SPLITS}
-        self.ids = {s: data[s].ids for s in records.SPLITS}
+        self.digits = {s: data[s].images for s in metadata.SPLITS}
+        self.ids = {s: data[s].ids for s in metadata.SPLITS}
         self.needles = {s: np.flatnonzero(data[s].labels == needle_digit)
-                        for s in records.SPLITS}
+                        for s in metadata.SPLITS}
         self.clutter = {s: np.flatnonzero(data[s].labels != needle_digit)
-                        for s in records.SPLITS}
-        for s in records.SPLITS:
+                        for s in metadata.SPLITS}
+        for s in metadata.SPLITS:
             if self.split_size(s) and not len(self.clutter[s]) and num_clutter:
                 raise ValueError(f"{data.source}: split {s!r} has no clutter digits")
 
@@ -104,10 +105,10 @@ class NmnistComposer:
         return 2 * len(self.needles[split]) * self.duplicates.get(split, 0)
 
     def plan(self, split: str, index: int) -> Plan:
-        """Which digits go where in image `index` of `split` (deterministic in seed, split, index)."""
+        """Which digits go where in image `index` of `split` (a function of seed, split, index)."""
         if not 0 <= index < self.split_size(split):
             raise IndexError(f"{split} image {index} out of range [0, {self.split_size(split)})")
-        rng = np.random.default_rng([self.seed, records.SPLITS.index(split), index])
+        rng = np.random.default_rng([self.seed, metadata.SPLITS.index(split), index])
         positive = index % 2 == 0
         num_digits = self.num_clutter + 1
         pool = self.clutter[split]
@@ -129,7 +130,7 @@ class NmnistComposer:
         source_id = f"{split}[{index}]"
         if plan.needle is not None:
             source_id += f" needle={self.ids[split][plan.rows[plan.needle]]}"
-        serialized = records.encode_example(
+        serialized = schema.encode_example(
             canvas, label=plan.label, o2i=o2i(self.canvas_size) if plan.label else 0.0,
             bbox=plan.bbox, source_id=source_id, clutter_count=self.num_clutter + 1 - plan.label)
         return serialized, plan.label
@@ -145,9 +146,9 @@ def generate_nmnist(output_dir: str, *, canvas_size: int, num_clutter: int,
     params = {"mnist": data.source, "canvas_size": canvas_size, "num_clutter": num_clutter,
               "needle_digit": needle_digit, "duplicates": composer.duplicates, "seed": seed,
               "o2i": o2i(canvas_size)}
-    return records.write_dataset(
+    return writer.write_dataset(
         output_dir, kind="nmnist", params=params,
         image={"height": canvas_size, "width": canvas_size, "channels": 1},
-        split_sizes={s: composer.split_size(s) for s in records.SPLITS},
+        split_sizes={s: composer.split_size(s) for s in metadata.SPLITS},
         make_example=composer, num_shards=num_shards, workers=workers, overwrite=overwrite,
         progress=progress)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -34,6 +35,8 @@ DEFAULT_EXCLUSION_GROUPS = ("_2",)
 PATIENTS_PER_CENTER = 20
 _CENTER_DIR = re.compile(r"^center_(\d+)$")
 _PATIENT_NAME = re.compile(r"^patient_(\d+)_node_\d+$")
+
+log = logging.getLogger(__name__)
 
 
 class SlideError(ValueError):
@@ -145,6 +148,51 @@ def split_of_center(center: int, val_centers: Iterable[int] = (3,),
     if center in tuple(val_centers):
         return "val"
     return "test" if center in tuple(test_centers) else "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideSource:
+    """A slide found on disk: path, name, centre, split and ASAP XML (None: no lesions)."""
+
+    path: str
+    name: str
+    center: int
+    split: str
+    annotation: str | None
+
+
+def discover_slides(slide_dir: str, annotation_dir: str | None = None,
+                    val_centers: Iterable[int] = (3,), test_centers: Iterable[int] = (4,),
+                    stage_labels: str | None = None, strict: bool = False,
+                    skipped: list[dict] | None = None) -> list[SlideSource]:
+    """Usable slides with their centre, split and annotation; bad ones go to `skipped`
+    (or raise with `strict`)."""
+    skipped = skipped if skipped is not None else []
+    if annotation_dir is not None and not os.path.isdir(annotation_dir):
+        raise SlideError(f"{annotation_dir}: annotation directory not found")
+    stages = read_stage_labels(stage_labels) if stage_labels else None
+    sources, names = [], {}
+    for path in find_slides(slide_dir):
+        name = slide_name(path)
+        if name in names:
+            raise SlideError(f"{path}: a second slide named {name!r} (also "
+                                      f"{names[name]}); slide names must be unique")
+        names[name] = path
+        xml = annotation_path(path, annotation_dir)
+        if xml is None and stages is not None and stages.get(name) != "negative":
+            log.info("%s: no annotation and stage %r, not used", path, stages.get(name))
+            continue
+        try:
+            center = slide_center(path)
+        except SlideError as e:
+            if strict:
+                raise
+            log.warning("skipping slide: %s", e)
+            skipped.append({"slide": path, "error": str(e)})
+            continue
+        split = split_of_center(center, val_centers, test_centers)
+        sources.append(SlideSource(path, name, center, split, xml))
+    return sources
 
 
 def read_stage_labels(path: str) -> dict[str, str]:

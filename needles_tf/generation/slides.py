@@ -32,8 +32,8 @@ from typing import Sequence
 import numpy as np
 
 from needles_tf import atomic
+from needles_tf.generation import camelyon
 
-PATIENTS_PER_CENTER = 20  # CAMELYON17: centre = patient // 20
 NUM_CENTERS = 5
 # Palette of the rendered classes: background, tissue, tissue nucleus, lesion, lesion nucleus.
 PALETTE = np.array([[242, 242, 244], [228, 160, 196], [120, 70, 150], [186, 112, 186],
@@ -52,7 +52,7 @@ class SyntheticLesion:
 
 def patient_number(index: int) -> int:
     """CAMELYON17 patient number of the index-th synthetic patient (spread over 5 centres)."""
-    return PATIENTS_PER_CENTER * (index % NUM_CENTERS) + index // NUM_CENTERS
+    return camelyon.PATIENTS_PER_CENTER * (index % NUM_CENTERS) + index // NUM_CENTERS
 
 
 def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float) -> np.ndarray:
@@ -228,7 +228,7 @@ def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0
     paths = []
     for i in range(num_patients):
         patient = patient_number(i)
-        center = patient // PATIENTS_PER_CENTER
+        center = patient // camelyon.PATIENTS_PER_CENTER
         has_lesions = (i // NUM_CENTERS) % 2 == 0
         for node in range(nodes_per_patient):
             rng = np.random.default_rng([seed, patient, node])

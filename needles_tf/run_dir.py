@@ -14,7 +14,6 @@ import json
 import os
 from typing import Any
 
-
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 BEST_MODEL = "best.keras"

@@ -1,0 +1,113 @@
+"""Which records a training epoch visits, and in what order: a function of record indices only.
+
+Selection. `select_indices` takes, per class, the first round(b * N) positives and the first
+N - round(b * N) negatives of a permutation fixed by the seed, so a smaller training set is a
+subset of a larger one for the same seed.
+
+Order. An epoch's order is a permutation of the selected positions keyed by an int64 epoch seed
+(from (seed, epoch), so a run resumed at epoch k sees exactly what an uninterrupted run would).
+With oversampling, each position of the epoch draws its class by a coin keyed by (epoch seed,
+position); each class is a stream of its positions, reshuffled at every pass. Everything is
+computed on indices, never on images, so it costs no memory and does not depend on files or on
+the number of workers that later split the order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+_SEED_MIX = 1_000_003  # epoch seed = seed * _SEED_MIX + epoch
+
+
+def select_indices(labels: np.ndarray, size: int | None, balance: float | None,
+                   seed: int) -> np.ndarray:
+    """Nested, seed-fixed selection of `size` record indices with a positive fraction `balance`.
+
+    Args:
+        labels: every record's label, in record order.
+        size: records to select (None: all).
+        balance: positive fraction (None: the split's own).
+        seed: selection seed.
+
+    Returns:
+        The selected record indices, sorted.
+
+    Raises:
+        ValueError: size out of range, or a class has too few records for the balance.
+    """
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
+    size = len(labels) if size is None else size
+    if not 0 < size <= len(labels):
+        raise ValueError(f"train_size must be in [1, {len(labels)}] (the split's size), got {size}")
+    fraction = len(pos) / len(labels) if balance is None else balance
+    num_pos = int(round(fraction * size))
+    num_neg = size - num_pos
+    if num_pos > len(pos) or num_neg > len(neg):
+        raise ValueError(
+            f"train_size={size} with class_balance={fraction:g} needs {num_pos} positives and "
+            f"{num_neg} negatives, the split has {len(pos)} and {len(neg)}; lower train_size or "
+            "generate more images (needles-make-nmnist --train_duplicates)")
+    rng = np.random.default_rng([seed, 0x5E1EC7])
+    return np.sort(np.concatenate([rng.permutation(pos)[:num_pos],
+                                   rng.permutation(neg)[:num_neg]]))
+
+
+def epoch_seed(seed: int, epoch):
+    """The int64 seed of one epoch's order."""
+    return tf.cast(epoch, tf.int64) + seed * _SEED_MIX
+
+
+def permutation(count, seed):
+    """A permutation of range(count) keyed by an int64 seed pair [2]."""
+    key = tf.stack([seed[0] * _SEED_MIX + seed[1], tf.constant(0, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=key)
+
+
+def shuffled_order(count: int, seed) -> tf.Tensor:
+    """One epoch over `count` positions, each once, in an order keyed by the epoch seed."""
+    return permutation(count, tf.stack([seed, tf.constant(-1, tf.int64)]))
+
+
+def _class_stream(members: np.ndarray, count, seed, label: int) -> tf.Tensor:
+    """The first `count` elements of a class's positions, reshuffled at every pass (pass r
+    keyed by (seed, 2r + label))."""
+    passes = tf.maximum((count + len(members) - 1) // len(members), 1)
+    members_t = tf.constant(members, tf.int64)
+    stream = tf.map_fn(
+        lambda r: tf.gather(members_t, permutation(len(members), tf.stack([seed, 2 * r + label]))),
+        tf.range(passes), fn_output_signature=tf.TensorSpec([len(members)], tf.int64))
+    return tf.reshape(stream, [-1])
+
+
+def oversampled_order(labels: np.ndarray, seed) -> tf.Tensor:
+    """One epoch of len(labels) positions, each drawing its class with probability 1/2.
+
+    Position i takes the next element of the positive or the negative stream (_class_stream)
+    by coin i (keyed by the epoch seed). The minority class is oversampled, an epoch keeps its
+    size.
+    """
+    coins = tf.random.stateless_uniform([len(labels)], seed=tf.stack([seed, -1])) < 0.5
+    taken = []
+    for label, drawn in ((0, ~coins), (1, coins)):
+        members = np.flatnonzero(labels == label)
+        if not len(members):
+            raise ValueError(f"oversampling needs both classes; the selection has no {label}s")
+        stream = _class_stream(members, tf.reduce_sum(tf.cast(drawn, tf.int64)), seed, label)
+        rank = tf.cumsum(tf.cast(drawn, tf.int64)) - 1  # position within the class stream
+        taken.append(tf.gather(stream, tf.where(drawn, rank, 0)))
+    return tf.where(coins, taken[1], taken[0])
+
+
+def stateless_shuffle(ds: tf.data.Dataset, buffer_size: int, seed) -> tf.data.Dataset:
+    """Shuffles a stream in consecutive chunks of buffer_size elements, each chunk's permutation
+    a function of (seed [2], chunk index) alone: the order of an uncached training split, which
+    has no random access."""
+    def permute(index, chunk):
+        count = tf.shape(tf.nest.flatten(chunk)[0])[0]
+        key = tf.stack([seed[0] * _SEED_MIX + seed[1], index])
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda t: tf.gather(t, order), chunk))
+
+    return ds.batch(buffer_size).enumerate().flat_map(permute)
