@@ -1,11 +1,13 @@
 """Global pooling of a topological embedding [B, h, w, c] -> [B, c] (paper, appendix B.1).
 
-All poolings run in float32, also under a mixed-precision policy: their reductions over
-thousands of locations are where float16 loses most.
+All poolings run in at least float32 (dtypes.wide_dtype), also under a mixed-precision policy:
+their reductions over thousands of locations are where float16 loses most.
 """
 
 import keras
 from keras import ops
+
+from needles_tf.models.dtypes import wide_dtype
 
 POOLINGS = ("max", "mean", "logsumexp", "attention")
 
@@ -21,7 +23,7 @@ class LogSumExpPooling(keras.layers.Layer):
     """log(sum over locations of exp(E)): a smooth maximum whose gradient reaches every location."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("dtype", wide_dtype())
         super().__init__(**kwargs)
 
     def call(self, x):
@@ -34,10 +36,10 @@ class LogSumExpPooling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="needles_tf")
 class AttentionPooling(keras.layers.Layer):
-    """Soft attention after Ilse et al. 2018: a = softmax_locations(w^T tanh(V E)), E_I = sum a E."""
+    """Soft attention (Ilse et al. 2018): a = softmax_locations(w^T tanh(V E)), E_I = sum a E."""
 
     def __init__(self, hidden_units: int = 128, **kwargs):
-        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("dtype", wide_dtype())
         super().__init__(**kwargs)
         self.hidden_units = hidden_units
         self.hidden = keras.layers.Dense(hidden_units, activation="tanh", name="attention_hidden",
@@ -65,11 +67,11 @@ class AttentionPooling(keras.layers.Layer):
 
 
 def global_pooling(name: str) -> keras.layers.Layer:
-    """The pooling layer called `name` (one of POOLINGS), named "pooling", computing in float32."""
+    """The pooling layer called `name` (one of POOLINGS), named "pooling", in wide_dtype()."""
     if name == "max":
-        return keras.layers.GlobalMaxPooling2D(name="pooling", dtype="float32")
+        return keras.layers.GlobalMaxPooling2D(name="pooling", dtype=wide_dtype())
     if name == "mean":
-        return keras.layers.GlobalAveragePooling2D(name="pooling", dtype="float32")
+        return keras.layers.GlobalAveragePooling2D(name="pooling", dtype=wide_dtype())
     if name == "logsumexp":
         return LogSumExpPooling(name="pooling")
     if name == "attention":
