@@ -1,6 +1,6 @@
 """The TFRecord schema (version 1): feature keys, the encoder and the tf.Example decoder.
 
-One ``tf.train.Example`` per image (design.md, "Data formats"):
+One ``tf.train.Example`` per image:
 
     image/encoded   PNG, uint8, 1 (nMNIST) or 3 (nCAMELYON) channels
     image/height, image/width, image/channels   int64

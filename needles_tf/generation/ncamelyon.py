@@ -1,6 +1,6 @@
 """nCAMELYON: "are there metastases in this crop?" - crops of CAMELYON slides with controlled O2I.
 
-Extraction (design.md, paper appendix A.2), for one crop size c and one O2I bin (lo, hi]:
+Extraction (paper, appendix A.2), for one crop size c and one O2I bin (lo, hi]:
 
 1. Slides are found under the slide folder; each gets its centre (camelyon.slide_center) and
    split (centre 3 -> val, 4 -> test, others -> train). A slide with an ASAP XML is a lesion

@@ -1,6 +1,6 @@
 """nMNIST: "is there a 3 in this image?" - MNIST digits scattered on a large black canvas.
 
-Composition (design.md, paper appendix A.1), per split of the MNIST source:
+Composition (paper, appendix A.1), per split of the MNIST source:
 
 * needle digits = the split's digits of class `needle_digit` (3), in source order; clutter pool =
   all its other digits.

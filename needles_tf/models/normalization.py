@@ -11,7 +11,7 @@ class InstanceNormalization(keras.layers.Layer):
     """Normalises each channel of each image over H, W, then applies a learned scale and offset.
 
     Written by hand rather than `keras.layers.GroupNormalization(groups=-1)`, which measured
-    about 1.8x slower on CPU (design.md). The variance is two-pass, mean((x - mean)^2): the
+    about 1.8x slower on CPU. The variance is two-pass, mean((x - mean)^2): the
     one-pass E[x^2] - E[x]^2 loses the variance where the mean is large against the spread
     (mean 100x the standard deviation: 6.7e-3 off float64 instead of 5e-5), which made our
     float32 gradients 1.8x further from float64 than a textbook layer's. Normalisation and the
