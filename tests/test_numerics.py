@@ -70,9 +70,9 @@ def gradient_distances(rf: int, size: int, pooling: str,
 
 
 # The full grid of the issue (RF 9 and 33 at 64, RF 177 at 200, four poolings) runs in
-# benches/bench_numerics.py; here one case per pooling and receptive field.
-@pytest.mark.parametrize("rf,size,pooling", [(9, 64, "max"), (33, 64, "logsumexp"),
-                                             (33, 64, "attention"), (177, 96, "mean")])
+# benches/bench_numerics.py; here two of its cases (the one-pass variance fails both, at 4.0x and
+# 3.2x the textbook's distance).
+@pytest.mark.parametrize("rf,size,pooling", [(9, 64, "max"), (33, 64, "logsumexp")])
 def test_float32_gradients_are_as_close_to_float64_as_a_textbook_norm(rf, size, pooling):
     distance = gradient_distances(rf, size, pooling, {"ours": InstanceNormalization,
                                                        "textbook": TextbookInstanceNorm})

@@ -28,7 +28,8 @@ from typing import Mapping
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from needles_tf.data.metadata import SPLITS
+
 NUM_VAL = 5000  # validation = first 5,000 MNIST training images (full MNIST sources)
 
 _IDX_FILES = {
