@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -52,8 +53,14 @@ def start(args: list[str], env_pythonpath: bool = True) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if env_pythonpath:
         env["PYTHONPATH"] = WORKTREE
+    # A suite started in the background of a script inherits SIGINT ignored, and Python keeps
+    # it ignored: give the child the default, so Ctrl-C (the CLI test) reaches it.
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_binary(name: str, *flags: str) -> subprocess.Popen:
