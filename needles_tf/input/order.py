@@ -58,9 +58,9 @@ def epoch_seed(seed: int, epoch):
     return tf.cast(epoch, tf.int64) + seed * _SEED_MIX
 
 
-def permutation(count, seed):
-    """A permutation of range(count) keyed by an int64 seed pair [2]."""
-    key = tf.stack([seed[0] * _SEED_MIX + seed[1], tf.constant(0, tf.int64)])
+def permutation(count, seed, chunk=0):
+    """A permutation of range(count) keyed by an int64 seed pair [2] (and a chunk index)."""
+    key = tf.stack([seed[0] * _SEED_MIX + seed[1], tf.cast(chunk, tf.int64)])
     return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=key)
 
 
@@ -104,9 +104,7 @@ def stateless_shuffle(ds: tf.data.Dataset, buffer_size: int, seed) -> tf.data.Da
     a function of (seed [2], chunk index) alone: the order of an uncached training split, which
     has no random access."""
     def permute(index, chunk):
-        count = tf.shape(tf.nest.flatten(chunk)[0])[0]
-        key = tf.stack([seed[0] * _SEED_MIX + seed[1], index])
-        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
+        order = permutation(tf.shape(tf.nest.flatten(chunk)[0])[0], seed, index)
         return tf.data.Dataset.from_tensor_slices(
             tf.nest.map_structure(lambda t: tf.gather(t, order), chunk))
 
