@@ -3,28 +3,37 @@
 #   ./run.sh [--seed=N]      the offline demo (main job): nMNIST, train, export, predict
 #   ./run.sh demo-camelyon   the same on nCAMELYON crops of synthetic slides
 #   ./run.sh test            the test suite
-# The first call creates .venv/ and installs the package with its test extra.
+# The first call creates .venv/ with the package (the demo) or .venv-test/ with the package
+# and its test extra (the tests). Two environments because the test extra brings JAX, and
+# `import tensorflow` imports JAX wherever it is installed: JAX's garbage-collection hook then
+# swallows a Ctrl-C that lands in it, and the user's job runs on.
 set -euo pipefail
 cd "$(dirname "$0")"
-
-VENV=.venv
-STAMP="$VENV/.installed-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
-if [[ ! -f "$STAMP" ]]; then
-  echo "[run.sh] setting up $VENV (one-time install) ..." >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
-  rm -f "$VENV"/.installed-*
-  touch "$STAMP"
-fi
-PY="$VENV/bin/python"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 cmd=demo  # flags alone (./run.sh --seed=1) go to the demo
 if [[ $# -gt 0 && "$1" != -* ]]; then
   cmd="$1"
   shift
 fi
+VENV=.venv
+EXTRA=""
+if [[ "$cmd" == test ]]; then
+  VENV=.venv-test
+  EXTRA="[test]"
+fi
+
+STAMP="$VENV/.installed-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
+if [[ ! -f "$STAMP" ]]; then
+  echo "[run.sh] setting up $VENV (one-time install) ..." >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".$EXTRA"
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+PY="$VENV/bin/python"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
 case "$cmd" in
   test)
     exec "$PY" -m pytest "$@"
