@@ -76,7 +76,7 @@ def main(argv):
             FLAGS.slide_dir, output_dir, config, annotation_dir=FLAGS.annotation_dir,
             stage_labels=FLAGS.stage_labels, workers=FLAGS.workers, strict=FLAGS.strict,
             overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-    except (camelyon.SlideError, metadata.DatasetError, ValueError) as e:
+    except (camelyon.SlideError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-make-ncamelyon: error: {e}")
     print(ncamelyon_tables.summary_text(meta))
     print(f"written to {output_dir} (tables in {ncamelyon_tables.SUMMARY_MD}, "

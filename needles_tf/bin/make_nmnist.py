@@ -49,7 +49,7 @@ def main(argv):
                         "test": FLAGS.duplicates},
             mnist_source=FLAGS.mnist, seed=FLAGS.seed, num_shards=FLAGS.num_shards,
             workers=FLAGS.workers, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-    except (mnist.MnistSourceError, metadata.DatasetError, ValueError) as e:
+    except (mnist.MnistSourceError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-make-nmnist: error: {e}")  # a data problem: no usage text
     counts = ", ".join(f"{s} {v['count']} ({v['positives']} positive)"
                        for s, v in meta["splits"].items())
