@@ -3,7 +3,8 @@
     python benches/bench_onednn.py                  # median of 3, interleaved
     python benches/bench_onednn.py --repeats 5 --settings demo
 
-Variants: oneDNN fully on (TF_ENABLE_ONEDNN_OPTS=1), oneDNN capped at AVX2
+Variants: oneDNN fully on (TF_ENABLE_ONEDNN_OPTS=1), the package's default for this CPU (neither
+variable set: `import needles_tf` chooses), oneDNN capped at AVX2
 (ONEDNN_MAX_CPU_ISA=AVX2) and oneDNN's TensorFlow ops off (TF_ENABLE_ONEDNN_OPTS=0). Each
 measurement is one `benches/bench_model.py` process (the variables are read when TensorFlow
 starts); the variants take turns, so drifting machine load hits them alike. A variant that
@@ -24,6 +25,7 @@ from needles_tf.runtime import ONEDNN_VARIABLES, configure_onednn, cpu_flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {
     "oneDNN on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "package default": {},  # whatever `import needles_tf` picks on this CPU
     "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
     "TF_ENABLE_ONEDNN_OPTS=0": {"TF_ENABLE_ONEDNN_OPTS": "0"},
 }

@@ -1,6 +1,7 @@
 """The process-wide set-up: the oneDNN default per CPU and the filter of TensorFlow's CUDA lines."""
 
 import os
+import platform
 import threading
 
 from needles_tf import runtime
@@ -9,14 +10,21 @@ from needles_tf.bin import native_log
 
 def test_avx512_cpus_get_onednn_ops_off():
     environ = {}
-    said = runtime.configure_onednn(environ, frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    said = runtime.configure_onednn(environ, frozenset({"avx2", "avx512f", "avx512_bf16"}),
+                                    "x86_64")
     assert environ == {"TF_ENABLE_ONEDNN_OPTS": "0"} and "AVX-512" in said
 
 
-def test_other_cpus_keep_onednn_on():
+def test_other_x86_cpus_get_onednn_on_which_tensorflow_leaves_off_there():
     environ = {"PATH": "/bin"}
-    assert "oneDNN on" in runtime.configure_onednn(environ, frozenset({"avx2", "fma"}))
-    assert environ == {"PATH": "/bin"}
+    said = runtime.configure_onednn(environ, frozenset({"avx2", "fma"}), "x86_64")
+    assert environ == {"PATH": "/bin", "TF_ENABLE_ONEDNN_OPTS": "1"} and "without AVX-512" in said
+
+
+def test_other_architectures_keep_tensorflows_default():
+    environ = {}
+    said = runtime.configure_onednn(environ, frozenset({"asimd", "sve"}), "aarch64")
+    assert environ == {} and "aarch64" in said
 
 
 def test_a_users_own_setting_is_kept():
@@ -39,9 +47,11 @@ def test_cpu_flags_from_cpuinfo_and_without_it(tmp_path):
 def test_this_process_got_the_default_before_tensorflow():
     import needles_tf
 
-    if runtime.cpu_flags() >= {"avx512f"} and not needles_tf.ONEDNN_SETTING.startswith("user"):
-        assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
-    assert needles_tf.ONEDNN_SETTING
+    setting = needles_tf.ONEDNN_SETTING
+    if not setting.startswith("user") and platform.machine() == "x86_64":
+        wanted = "0" if "avx512f" in runtime.cpu_flags() else "1"
+        assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == wanted
+    assert setting
 
 
 def pumped(chunks: list[bytes]) -> bytes:
