@@ -1,17 +1,22 @@
 """Process-wide settings that TensorFlow reads once, when it starts.
 
-oneDNN's AVX-512 convolution kernels crash (SIGSEGV in the backward pass) on some CPUs for the
-shapes this project trains, e.g. an RF-33 BagNet at s = 1/8, 64 x 64, batch 32 (measured on an
-AMD EPYC with avx512f/bf16/vnni/vp2intersect; `ONEDNN_MAX_CPU_ISA=AVX512_CORE` still crashes).
-On an x86 CPU without AVX-512 those kernels can never run, so the package turns oneDNN on
-(`TF_ENABLE_ONEDNN_OPTS=1`): TensorFlow leaves it off there by default (its log line "oneDNN
-custom operations are on" appears only with the variable set), at 0.80-0.84x the speed of oneDNN
-on for the demo's model (2-core AMD EPYC without AVX-512). On a CPU with AVX-512 the package turns
-oneDNN's TensorFlow ops off (`TF_ENABLE_ONEDNN_OPTS=0`): measured there at 0.86x the speed of
-oneDNN on, against 0.71x for capping oneDNN at AVX2 (README, "CPU safety"). On other
-architectures TensorFlow's default holds. A user who sets either variable keeps their own
-choice. The variables are read when TensorFlow starts, so `needles_tf/__init__.py` applies this
-before anything imports TensorFlow.
+oneDNN, which TensorFlow can use for its CPU convolutions, is unsafe for this project's models
+on x86 CPUs, in two ways measured here:
+
+* AVX-512: its convolution kernels crash (SIGSEGV in the backward pass) for shapes this project
+  trains, e.g. an RF-33 BagNet at s = 1/8, 64 x 64, batch 32 (an AMD EPYC with
+  avx512f/bf16/vnni/vp2intersect; `ONEDNN_MAX_CPU_ISA=AVX512_CORE` still crashes).
+* AVX2 (a 2-core AMD EPYC without AVX-512, `TF_ENABLE_ONEDNN_OPTS=1`): the kernel gradient of
+  the strided 1x1 projection convolution (`stage1_block1_down_conv`) is wrong, 34-48 % from a
+  float64 reference at every batch size, eager and compiled, and different from run to run;
+  with oneDNN off it is within 1e-7 (tests/test_numerics.py guards this).
+
+So on every x86 CPU the package turns oneDNN's TensorFlow ops off (`TF_ENABLE_ONEDNN_OPTS=0`):
+TensorFlow already leaves them off on CPUs without AVX-512 VNNI/BF16 or AMX, so nothing changes
+there; on AVX-512 machines it costs 14 % of the speed (0.86x, against 0.71x for capping oneDNN
+at AVX2; README, "CPU safety"). On other architectures TensorFlow's default holds. A user who
+sets either variable keeps their own choice. The variables are read when TensorFlow starts, so
+`needles_tf/__init__.py` applies this before anything imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -61,9 +66,8 @@ def configure_onednn(environ: MutableMapping[str, str] = os.environ,
     machine = (platform.machine() if machine is None else machine).lower()
     if machine not in ("x86_64", "amd64", "i686", "x86"):
         return f"TensorFlow's default ({machine or 'unknown'} CPU)"
+    environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     if "avx512f" in (cpu_flags() if flags is None else flags):
-        environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
         return "TF_ENABLE_ONEDNN_OPTS=0 (AVX-512 CPU: oneDNN's AVX-512 convolutions can crash)"
-    environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
-    return "TF_ENABLE_ONEDNN_OPTS=1 (x86 CPU without AVX-512: oneDNN is safe and fastest)"
+    return "TF_ENABLE_ONEDNN_OPTS=0 (x86 CPU: oneDNN's strided 1x1 convolution gradients are wrong)"
 

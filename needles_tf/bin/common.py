@@ -59,7 +59,7 @@ def run(main: Callable[[list[str]], None], module_name: str) -> None:
             absl_logging.set_verbosity(absl_logging.WARNING)
         main(argv)
 
-    with native_log.quiet_cuda_probe():
+    with native_log.quiet_start_up():
         try:
             app.run(quiet_main)
         except KeyboardInterrupt:

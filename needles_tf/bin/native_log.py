@@ -1,11 +1,12 @@
-"""Keeps TensorFlow's CUDA start-up lines out of the binaries' output on machines with no GPU.
+"""Keeps TensorFlow's start-up notices out of the binaries' output.
 
-TensorFlow's native code logs "Could not find cuda drivers", "failed call to cuInit" and "All
-log messages before absl::InitializeLog()" straight to file descriptor 2 whatever
-TF_CPP_MIN_LOG_LEVEL says. Where no NVIDIA driver is loaded they tell the user nothing, so the
-binaries pass their stderr through a pipe that drops exactly those lines and forwards
-everything else at once (progress bars included). With a driver present nothing is dropped:
-there the same lines explain why a GPU is not used.
+TensorFlow's native code logs "Could not find cuda drivers", "failed call to cuInit", "All log
+messages before absl::InitializeLog()" and, where oneDNN is on (ARM, or a user's
+`TF_ENABLE_ONEDNN_OPTS=1`), "oneDNN custom operations are on" straight to file
+descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says. The binaries pass their stderr through a pipe
+that drops exactly those lines and forwards everything else at once (progress bars included).
+The CUDA lines are dropped only where no NVIDIA driver is loaded: with a driver they explain
+why a GPU is not used. The oneDNN notice only restates a setting the summary records.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CUDA_NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|[IWE]\d{4} [\d:. ]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics"
     rb"|cuda_driver|gpu_device)\.cc:\d+\] )")
+ONEDNN_NOTICE = re.compile(rb"^I\d{4} [\d:. ]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on")
 LOG_LINE_START = re.compile(rb"^[IWEF]")  # a partial line that may become a dropped one
 
 
@@ -40,16 +42,21 @@ def _pump(read_fd: int, write_fd: int, drop: re.Pattern) -> None:
         os.write(write_fd, pending)
 
 
-@contextlib.contextmanager
-def quiet_cuda_probe(drop: re.Pattern = CUDA_NOISE) -> Iterator[None]:
-    """Within the block, file descriptor 2 (native and Python stderr) goes through the filter.
-
-    Does nothing where an NVIDIA driver is loaded. A fatal signal's traceback (faulthandler)
-    goes to the real stderr, so a crash is never hidden.
-    """
+def start_up_noise() -> re.Pattern:
+    """The lines to drop on this machine: the oneDNN notice, and the CUDA probe's lines where
+    no NVIDIA driver is loaded."""
     if os.path.exists(NVIDIA_DRIVER):
-        yield
-        return
+        return ONEDNN_NOTICE
+    return re.compile(CUDA_NOISE.pattern + b"|" + ONEDNN_NOTICE.pattern)
+
+
+@contextlib.contextmanager
+def quiet_start_up(drop: re.Pattern | None = None) -> Iterator[None]:
+    """Within the block, file descriptor 2 (native and Python stderr) goes through the filter
+    (`drop`, by default `start_up_noise()`). A fatal signal's traceback (faulthandler) goes to
+    the real stderr, so a crash is never hidden.
+    """
+    drop = start_up_noise() if drop is None else drop
     sys.stderr.flush()
     real_stderr = os.dup(2)
     read_fd, write_fd = os.pipe()
