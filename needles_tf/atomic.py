@@ -6,8 +6,10 @@ Readers never see half a file, and a kill leaves either the old file or the new 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 from typing import Any, Iterator
 
 
@@ -22,6 +24,34 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_TMP_RE = re.compile(r"\.tmp-(\d+)(\.[\w.]+)?$")
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes the temporaries that killed writers left in `directory` (their process is gone);
+    returns their paths. A temporary of a live process (another writer) is left alone."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(directory), "*.tmp-*")):
+        found = _TMP_RE.search(path)
+        if found and not _alive(int(found.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def write_text(path: str, text: str) -> None:

@@ -1,6 +1,7 @@
 """The layout of a run directory, shared by training, evaluation and export.
 
     <model_dir>/
+      config.json       the run's settings (written once its inputs are checked)
       summary.json      flags, parameter count, best epoch, val/test metrics at best, wall time
       metrics.csv       one row per finished epoch
       best.keras        the model of the best validation epoch
@@ -14,10 +15,12 @@ import json
 import os
 from typing import Any
 
+CONFIG = "config.json"
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 BEST_MODEL = "best.keras"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE = "state.json"  # in CHECKPOINT_DIR: the last finished epoch
 LOG_DIR = "logs"
 
 
@@ -58,3 +61,21 @@ def read_json(path: str) -> dict[str, Any]:
 def read_summary(model_dir: str) -> dict[str, Any]:
     """summary.json of a run."""
     return read_json(os.path.join(model_dir, SUMMARY))
+
+
+def unfinished_warning(model_dir: str) -> str | None:
+    """A warning line when the run in `model_dir` has not finished (killed, failed or still
+    training), naming the epochs done; None for a finished run."""
+    summary = os.path.join(model_dir, SUMMARY)
+    try:
+        if os.path.exists(summary) and read_json(summary).get("status") == "finished":
+            return None
+        state = os.path.join(model_dir, CHECKPOINT_DIR, CHECKPOINT_STATE)
+        done = read_json(state).get("epoch", "?") if os.path.exists(state) else "?"
+        config = os.path.join(model_dir, CONFIG)
+        epochs = read_json(config).get("epochs", "?") if os.path.exists(config) else "?"
+    except RunDirError:
+        done = epochs = "?"
+    return (f"warning: {model_dir}: the run has not finished ({done} of {epochs} epochs done); "
+            "this is its best model so far. Re-run needles-train with the same flags to finish "
+            "it.")

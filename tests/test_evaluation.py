@@ -111,7 +111,8 @@ def test_evaluate_binary(data_dir, run, tmp_path):
     ok, no_split, no_data, no_model = map(finish, processes)
     assert ok.returncode == 0, ok.stderr
     assert "accuracy" in ok.stdout and "confusion matrix" in ok.stdout
-    with open(os.path.join(model_dir, "eval_test.json")) as f:
+    dataset = os.path.basename(os.path.normpath(data_dir))
+    with open(os.path.join(model_dir, f"eval_test_{dataset}.json")) as f:
         saved = json.load(f)
     assert saved["count"] == 200 and saved["model_dir"] == model_dir
     assert not [n for n in os.listdir(model_dir) if ".tmp" in n]

@@ -175,7 +175,9 @@ def test_accumulating_micro_batches_gives_the_update_of_the_whole_batch():
         """The change of all weights after one effective batch of 16 (eager steps)."""
         keras.utils.set_random_seed(5)
         model = build_classifier(1, receptive_field=9, width_scale=1 / 16)
-        optimizer = make_optimizer("rmsprop", 1e-2, accumulation)
+        # SGD: the update is the gradient itself, so round-off stays round-off (RMSprop's first
+        # step, lr * g / sqrt(g^2), turns the sign of a near-zero gradient into a full step)
+        optimizer = make_optimizer("sgd", 1e-2, accumulation)
         before = np.concatenate([np.ravel(w) for w in model.get_weights()])
         size = len(images) // accumulation
         for k in range(accumulation):
@@ -191,8 +193,7 @@ def test_accumulating_micro_batches_gives_the_update_of_the_whole_batch():
 
     whole, accumulated = update(1), update(2)
     assert np.linalg.norm(whole) > 0
-    # RMSprop's first step is about lr * sign(g): a few near-zero gradients may flip
-    assert np.linalg.norm(accumulated - whole) <= 1e-2 * np.linalg.norm(whole)
+    assert np.linalg.norm(accumulated - whole) <= 1e-4 * np.linalg.norm(whole)
 
 
 def test_schedule_and_epoch_scaling():
@@ -219,11 +220,12 @@ def test_bad_input_gets_clear_errors(data_dir, finished_run, tmp_path):
     blocker.write_text("")
     with pytest.raises(TrainingError, match="not writable"):
         train(config(data_dir, blocker / "run"))
-    partial = tmp_path / "other"
+    partial = tmp_path / "other"  # one finished epoch: the run is kept from then on
     with pytest.raises(KeyboardInterrupt):
-        train(config(data_dir, partial), verbose=0, extra_callbacks=[Interrupt(0)])
+        train(config(data_dir, partial, train_size=64, reference_size=0), verbose=0,
+              extra_callbacks=[Interrupt(1)])
     with pytest.raises(TrainingError, match="other settings.*width_scale"):
-        train(config(data_dir, partial, width_scale=1 / 4))
+        train(config(data_dir, partial, train_size=64, reference_size=0, width_scale=1 / 4))
 
 
 def test_binary_reports_bad_input_in_one_line(tmp_path):

@@ -2,7 +2,8 @@
 
   needles-evaluate --model_dir=runs/demo --data_dir=tfrecords/nmnist_64_2_embedded --split=test
 
-Writes <model_dir>/eval_<split>.json unless --output names another file.
+Prints the metrics, then writes them to <model_dir>/eval_<split>_<dataset>.json (the dataset
+directory's name) unless --output names another file.
 """
 
 import os
@@ -19,7 +20,7 @@ flags.DEFINE_string("model_dir", None, "Run directory of needles-train (holds be
 flags.DEFINE_string("data_dir", None, "Dataset directory (TFRecords + dataset.json).")
 flags.DEFINE_string("split", "test", "Split to evaluate: train, val or test.")
 flags.DEFINE_string("output", None, "JSON file for the metrics; default "
-                    "<model_dir>/eval_<split>.json.")
+                    "<model_dir>/eval_<split>_<name of --data_dir>.json.")
 flags.DEFINE_integer("batch_size", 32, "Images per batch.", lower_bound=1)
 
 
@@ -38,20 +39,27 @@ def main(argv):
     for name in ("model_dir", "data_dir"):
         if not FLAGS[name].value:
             sys.exit(f"needles-evaluate: error: --{name} is required")
-    output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}.json")
+    dataset = os.path.basename(os.path.normpath(FLAGS.data_dir))
+    output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{dataset}.json")
     try:
         # Paths first, so that a typo is reported without waiting for TensorFlow to load.
         run_dir.best_model_path(FLAGS.model_dir)
         metadata.split_metadata(metadata.read_metadata(FLAGS.data_dir), FLAGS.split, FLAGS.data_dir)
+        warning = run_dir.unfinished_warning(FLAGS.model_dir)
+        if warning:
+            print(warning, file=sys.stderr)
         from needles_tf.evaluation.evaluate import evaluate
 
         model = run_dir.load_best_model(FLAGS.model_dir)
         result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
         result = {"model_dir": FLAGS.model_dir, **result}
-        atomic.write_json(output, result)
     except (run_dir.RunDirError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")
-    print(_format(result))
+    print(_format(result), flush=True)  # before writing: the metrics are seen even if that fails
+    try:
+        atomic.write_json(output, result)
+    except OSError as e:
+        sys.exit(f"needles-evaluate: error: metrics not written to {output}: {e.strerror}")
     print(f"metrics written to {output}")
 
 

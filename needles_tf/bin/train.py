@@ -53,6 +53,11 @@ flags.DEFINE_enum("cache", "auto", ["auto", "memory", "encoded", "none"],
                   "decoded, as PNGs (encoded), or streamed from the files (none).")
 flags.DEFINE_string("init_from", None, "A finished run directory whose best model's weights "
                     "start this run (a warm start, e.g. a curriculum from easier data).")
+flags.DEFINE_boolean("deterministic", False, "Bit-reproducible training: deterministic ops and "
+                     "a streamed split (--cache=none) read in file order, at some cost in speed. "
+                     "Without it a cached split's order is still a function of (seed, epoch).")
+flags.DEFINE_boolean("overwrite", False, "Start afresh in a --model_dir that holds a run "
+                     "(finished or not) with other settings, removing its files.")
 flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", lower_bound=0)
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line per epoch, 0 none "
                      "(default: a bar on a terminal, else a line per epoch).", lower_bound=0,
@@ -76,11 +81,12 @@ def main(argv):
         lr_decay=FLAGS.lr_decay, optimizer=FLAGS.optimizer, train_size=FLAGS.train_size,
         reference_size=FLAGS.reference_size, class_balance=FLAGS.class_balance,
         seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
-        jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, log_images=FLAGS.log_images,
+        jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, deterministic=FLAGS.deterministic,
+        log_images=FLAGS.log_images,
         init_from=FLAGS.init_from)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:
-        summary = train(config, verbose=verbose)
+        summary = train(config, verbose=verbose, overwrite=FLAGS.overwrite)
     except (TrainingError, ValueError, run_dir.RunDirError) as e:
         sys.exit(f"needles-train: error: {e}")
     except KeyboardInterrupt:
@@ -89,10 +95,13 @@ def main(argv):
         print(f"\nneedles-train: interrupted after epoch {done}; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)
-    print(f"{FLAGS.model_dir}: best epoch {summary['best_epoch']}, "
+    fit = summary["epochs_to_fit"]
+    print(f"{FLAGS.model_dir}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
           f"val accuracy {summary['val_accuracy']:.4f}, "
           f"test accuracy {summary['test_accuracy']:.4f}, "
-          f"epochs to fit {summary['epochs_to_fit']}, {summary['wall_seconds']:.0f} s")
+          + (f"fit (training accuracy >= 0.99) at epoch {fit}" if fit is not None else
+             f"not fit (training accuracy {summary['final_train_accuracy']:.4f} < 0.99)")
+          + f", {summary['wall_seconds']:.0f} s")
 
 
 def run():

@@ -61,16 +61,40 @@ def read_metadata(data_dir: str) -> dict:
     """The validated dataset.json of a dataset directory (DatasetError naming the file if bad)."""
     path = os.path.join(data_dir, METADATA_FILE)
     if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(data_dir, PARTIAL_FILE)):
+            raise DatasetError(f"{data_dir}: incomplete dataset (its generation was interrupted: "
+                               f"{PARTIAL_FILE} but no {METADATA_FILE}); re-run the generator "
+                               "with the same flags to finish it")
         raise DatasetError(f"{path}: not found; is {data_dir!r} a dataset directory written by "
                            "needles-make-nmnist / needles-make-ncamelyon?")
     meta = read_json(path)
     for key in ("kind", "params", "image", "splits"):
         if key not in meta:
             raise DatasetError(f"{path}: missing key {key!r}")
+    if meta.get("complete") is False:
+        raise DatasetError(f"{path}: marked incomplete (complete: false); re-run the generator "
+                           "with the same flags to finish it")
     for split, info in meta["splits"].items():
         if not {"count", "positives", "negatives", "shards"} <= set(info):
             raise DatasetError(f"{path}: split {split!r} lacks count/positives/negatives/shards")
+        _check_counts(path, split, info)
     return meta
+
+
+def _check_counts(path: str, split: str, info: Mapping) -> None:
+    """A split's counts must add up: its shards' counts and positives, positives + negatives."""
+    try:
+        shard_count = sum(int(s["count"]) for s in info["shards"])
+        shard_positives = sum(int(s["positives"]) for s in info["shards"])
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{path}: split {split!r} has a shard entry without count/positives "
+                           "(expected {file, count, positives, sha256})") from None
+    if (info["count"], info["positives"]) != (shard_count, shard_positives) or \
+            info["positives"] + info["negatives"] != info["count"]:
+        raise DatasetError(
+            f"{path}: split {split!r} is inconsistent (count {info['count']}, positives "
+            f"{info['positives']}, negatives {info['negatives']}; its shards hold {shard_count} "
+            f"images, {shard_positives} positive); re-run the generator with --overwrite")
 
 
 def split_metadata(meta: Mapping, split: str, data_dir: str = "") -> dict:

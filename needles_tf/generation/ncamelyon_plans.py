@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import zlib
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -202,6 +203,11 @@ def run_slide_tasks(tasks: list[tuple], workers: int, strict: bool, progress: bo
                 raise camelyon.SlideError(result)
             log.warning("skipping slide: %s", result)
             skipped.append({"slide": source.path, "error": result})
+    except BrokenProcessPool:
+        raise camelyon.SlideError(
+            f"a worker process died while planning the {desc} (killed, perhaps out of "
+            "memory); the slides planned so far are cached: re-run the same command to resume "
+            "(fewer --workers need less memory)") from None
     finally:
         results.close()
     return plans

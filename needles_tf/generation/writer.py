@@ -25,7 +25,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Callable, Mapping
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterator, Mapping
 
 from needles_tf import atomic
 from needles_tf.data.metadata import (
@@ -113,6 +114,7 @@ def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
         "shard_files": [f for _, f, _, _ in layout]}, sort_keys=True))
     if overwrite:
         _remove_dataset_files(output_dir)
+    atomic.remove_stale_temporaries(output_dir)  # shards of a killed run, never renamed
 
     # Shards already written by an earlier (possibly interrupted) run with the same identity.
     done: dict[str, dict] = {}
@@ -167,7 +169,7 @@ def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
             with atomic.atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
                 written = 0
                 while written < stop - start:
-                    chunk = next(results)
+                    chunk = _next_chunk(results, output_dir, file)
                     for serialized, label in chunk:
                         writer.write(serialized)
                         positives += int(label == 1)
@@ -184,6 +186,16 @@ def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
     if os.path.exists(os.path.join(output_dir, PARTIAL_FILE)):
         os.remove(os.path.join(output_dir, PARTIAL_FILE))
     return meta
+
+
+def _next_chunk(results: Iterator, output_dir: str, file: str) -> list[tuple[bytes, int]]:
+    try:
+        return next(results)
+    except BrokenProcessPool:
+        raise DatasetError(
+            f"{output_dir}: a worker process died while making {file} (killed, perhaps out of "
+            "memory); the shards finished so far are kept: re-run the same command to resume "
+            "(fewer --workers need less memory)") from None
 
 
 def _describe_difference(old: Any, new: Mapping) -> str:

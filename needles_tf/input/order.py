@@ -14,10 +14,51 @@ the number of workers that later split the order.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
 _SEED_MIX = 1_000_003  # epoch seed = seed * _SEED_MIX + epoch
+
+
+def selection_counts(positives: int, negatives: int, size: int | None,
+                     balance: float | None) -> tuple[int, int]:
+    """(positives, negatives) a selection takes from a split with these class counts.
+
+    Args:
+        positives, negatives: the split's class counts.
+        size: images to select; None: the largest selection with the balance (all images when
+            the split has that balance or no balance is asked for).
+        balance: positive fraction (None: the split's own).
+
+    Raises:
+        ValueError: size out of range, a class left empty, or too few images of a class.
+    """
+    total = positives + negatives
+    fraction = positives / max(total, 1) if balance is None else balance
+    if size is None and balance is not None and total:
+        size = min(total, int(min(positives / balance, negatives / (1 - balance)) + 1e-9))
+        while size > 1 and size - round(balance * size) > negatives:  # rounding's last image
+            size -= 1
+    size = total if size is None else size
+    if not 0 < size <= total:
+        raise ValueError(f"train_size must be in [1, {total}] (the split's size), got {size}")
+    num_pos = int(round(fraction * size))
+    num_neg = size - num_pos
+    if balance is not None and min(num_pos, num_neg) == 0:
+        # nothing of one class to oversample: the balanced order could never be drawn
+        raise ValueError(
+            f"train_size={size} with class_balance={balance:g} selects {num_pos} positives and "
+            f"{num_neg} negatives; both classes need at least one image: raise train_size to "
+            f"{math.ceil(0.5 / min(balance, 1 - balance))} or more, or move class_balance "
+            "towards 0.5")
+    if num_pos > positives or num_neg > negatives:
+        raise ValueError(
+            f"train_size={size} with class_balance={fraction:g} needs {num_pos} positives and "
+            f"{num_neg} negatives, the split has {positives} and {negatives}; lower "
+            "--train_size, or leave it unset for the largest selection with that balance")
+    return num_pos, num_neg
 
 
 def select_indices(labels: np.ndarray, size: int | None, balance: float | None,
@@ -26,7 +67,7 @@ def select_indices(labels: np.ndarray, size: int | None, balance: float | None,
 
     Args:
         labels: every record's label, in record order.
-        size: records to select (None: all).
+        size: records to select (None: the largest selection, see `selection_counts`).
         balance: positive fraction (None: the split's own).
         seed: selection seed.
 
@@ -34,20 +75,10 @@ def select_indices(labels: np.ndarray, size: int | None, balance: float | None,
         The selected record indices, sorted.
 
     Raises:
-        ValueError: size out of range, or a class has too few records for the balance.
+        ValueError: see `selection_counts`.
     """
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
-    size = len(labels) if size is None else size
-    if not 0 < size <= len(labels):
-        raise ValueError(f"train_size must be in [1, {len(labels)}] (the split's size), got {size}")
-    fraction = len(pos) / len(labels) if balance is None else balance
-    num_pos = int(round(fraction * size))
-    num_neg = size - num_pos
-    if num_pos > len(pos) or num_neg > len(neg):
-        raise ValueError(
-            f"train_size={size} with class_balance={fraction:g} needs {num_pos} positives and "
-            f"{num_neg} negatives, the split has {len(pos)} and {len(neg)}; lower train_size or "
-            "generate more images (needles-make-nmnist --train_duplicates)")
+    num_pos, num_neg = selection_counts(len(pos), len(neg), size, balance)
     rng = np.random.default_rng([seed, 0x5E1EC7])
     return np.sort(np.concatenate([rng.permutation(pos)[:num_pos],
                                    rng.permutation(neg)[:num_neg]]))

@@ -47,6 +47,23 @@ def dataset_info(data_dir: str, split: str = "train") -> dict[str, Any]:
             "kind": meta["kind"]}
 
 
+def _check_image_size(paths: list[str], image: dict) -> None:
+    """The first record's stored size must be the one in dataset.json: a mismatch would
+    otherwise surface as a shape error deep inside training or evaluation."""
+    if not paths or not image.get("height"):
+        return
+    keys = (schema.HEIGHT, schema.WIDTH, schema.CHANNELS)
+    for serialized in tf.data.TFRecordDataset(paths[0]).take(1):
+        decoded = schema.Decoder(keys).decode(serialized)
+        found = tuple(int(decoded[key]) for key in keys)
+        expected = (image["height"], image["width"], image["channels"])
+        if found != expected:
+            raise metadata.DatasetError(
+                f"{paths[0]}: holds {found[0]} x {found[1]} x {found[2]} images, but "
+                f"{metadata.METADATA_FILE} says {expected[0]} x {expected[1]} x {expected[2]}; "
+                "the two do not belong together: re-run the generator with --overwrite")
+
+
 def usable_memory() -> int:
     """Physical memory, or the container's (cgroup v2 or v1) limit when that is lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -131,6 +148,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
     else:
         paths = [os.path.join(data_dir, s["file"]) for s in info["shards"]]
     image = meta["image"]
+    if verify:
+        _check_image_size(paths, image)
     parser = Parser(image["height"], image["width"], image["channels"])
     pipelines, pipeline_id, pipeline_batch = 1, 0, batch_size
     if input_context is not None:

@@ -65,6 +65,11 @@ def export_saved_model(classifier: keras.Model, export_dir: str) -> str:
     tmp = f"{export_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        os.mkdir(tmp)
+    except OSError as e:  # a clear OSError here, rather than TensorFlow's own error later
+        raise OSError(e.errno, f"{parent}: cannot write the SavedModel there "
+                               f"({e.strerror})") from None
+    try:
         _serving_archive(classifier).write_out(tmp, verbose=False)
         if os.path.exists(export_dir):
             old = f"{export_dir}.old-{os.getpid()}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import math
 import os
 import time
@@ -82,30 +83,47 @@ def read_history(path: str) -> list[dict[str, Any]]:
                 for row in csv.DictReader(f)]
 
 
+def selection_key(row: dict[str, Any]) -> tuple[float, float]:
+    """How epochs rank for the best model: validation accuracy, ties broken by the lower
+    validation loss. A small validation set ties often (200 images: steps of 0.5 %), and the
+    first of tied epochs is often an early, lucky one."""
+    accuracy, loss = row.get("val_accuracy", math.nan), row.get("val_loss", math.nan)
+    return (-math.inf if math.isnan(accuracy) else accuracy,
+            -math.inf if math.isnan(loss) else -loss)
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """Rewrites metrics.csv with every finished epoch and saves the best validation model.
 
-    `history` holds the rows of the epochs before the first one this run trains (on resume).
+    `history` holds the rows of the epochs before the first one this run trains (on resume);
+    each row's wall_seconds counts from `start_time` (moved back by the earlier sessions' time).
     """
 
-    def __init__(self, model_dir: str, history: list[dict[str, Any]],
-                 monitor: str = "val_accuracy"):
+    def __init__(self, model_dir: str, history: list[dict[str, Any]], start_time: float):
         super().__init__()
         self.model_dir = model_dir
+        self.checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
+        self.pending_best: str | None = None
+        self.start_time = start_time
         self.history = list(history)
-        self.monitor = monitor
-        self.best = max((row[monitor] for row in self.history), default=-math.inf)
+        self.best = max((selection_key(row) for row in self.history),
+                        default=(-math.inf, -math.inf))
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite_loss(logs):
             return
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())}}
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())},
+               "wall_seconds": round(time.time() - self.start_time, 1)}
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         self._write_csv()
-        if row.get(self.monitor, -math.inf) > self.best:
-            self.best = row[self.monitor]
-            best = os.path.join(self.model_dir, run_dir.BEST_MODEL)
-            with atomic.atomic_path(best, suffix=".keras") as tmp:
+        if selection_key(row) > self.best:
+            self.best = selection_key(row)
+            # pending until EpochCheckpoint commits this epoch (then it becomes best.keras):
+            # a kill before that commit must not leave the model of a discarded epoch
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            self.pending_best = f"best-epoch-{epoch + 1:05d}.keras"
+            with atomic.atomic_path(os.path.join(self.checkpoint_dir, self.pending_best),
+                                    suffix=".keras") as tmp:
                 self.model.save(tmp)
 
     def _write_csv(self):
@@ -118,17 +136,20 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Weights and optimizer state after every finished epoch, for resuming.
+    """Weights and optimizer state after every finished epoch, for resuming; commits the epoch.
 
-    state.json names the weights file of the last finished epoch; it is replaced only after
-    that file is complete, so a kill at any moment leaves a consistent checkpoint.
+    state.json names the weights file of the last finished epoch (and the recorder's new best
+    model, if the epoch made one); it is replaced only after those files are complete, so a kill
+    at any moment leaves a consistent checkpoint. The best model is moved to best.keras after
+    the commit (and again by `restore` if a kill came in between).
     """
 
-    STATE = "state.json"
+    STATE = run_dir.CHECKPOINT_STATE
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, recorder: EpochRecorder | None = None):
         super().__init__()
         self.directory = directory
+        self.recorder = recorder
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite_loss(logs):
@@ -137,10 +158,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
         previous = self.saved_state(self.directory)
         name = f"epoch-{epoch + 1:05d}.weights.h5"
         self.model.save_weights(os.path.join(self.directory, name))
-        atomic.write_json(os.path.join(self.directory, self.STATE),
-                                  {"epoch": epoch + 1, "weights": name})
+        state = {"epoch": epoch + 1, "weights": name}
+        if self.recorder is not None and self.recorder.pending_best:
+            state["best_model"], self.recorder.pending_best = self.recorder.pending_best, None
+        atomic.write_json(os.path.join(self.directory, self.STATE), state)
         if previous and previous["weights"] != name:
             os.remove(os.path.join(self.directory, previous["weights"]))
+        self.publish_best(self.directory)
+
+    @classmethod
+    def publish_best(cls, directory: str) -> None:
+        """Moves the committed epoch's best model to best.keras; removes uncommitted ones."""
+        state = cls.saved_state(directory) or {}
+        for path in glob.glob(os.path.join(glob.escape(directory), "best-epoch-*.keras")):
+            if os.path.basename(path) == state.get("best_model"):
+                os.replace(path, os.path.join(os.path.dirname(directory), run_dir.BEST_MODEL))
+            else:
+                os.remove(path)
 
     @classmethod
     def saved_state(cls, directory: str) -> dict | None:
@@ -151,6 +185,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     @classmethod
     def restore(cls, model: keras.Model, directory: str) -> int:
         """Loads the last checkpoint into a compiled model; returns the epochs already done."""
+        cls.publish_best(directory)
         state = cls.saved_state(directory)
         if state is None:
             return 0

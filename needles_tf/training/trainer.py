@@ -8,17 +8,21 @@ reports validation and test metrics of the best model in summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import os
+import shutil
 import time
 from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
 
-from needles_tf import atomic, run_dir
+from needles_tf import atomic, provenance, run_dir
 from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.input import dataset_info, make_dataset
+from needles_tf.input.order import selection_counts
 from needles_tf.models import build_classifier, min_input_size
 from needles_tf.models.bagnet import resolve_k3
 from needles_tf.training import callbacks as cb
@@ -27,7 +31,7 @@ from needles_tf.training.optimizers import make_optimizer
 from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs, step_learning_rate
 from needles_tf.training.tensorboard import log_input_images
 
-CONFIG = "config.json"
+CONFIG = run_dir.CONFIG
 
 
 class TrainingError(RuntimeError):
@@ -74,8 +78,18 @@ class TrainConfig:
         return d
 
 
-def _prepare_model_dir(config: TrainConfig) -> None:
-    """Creates the model dir, checks it is writable and that it holds no other run."""
+# How a run is carried out, not what it computes: a resume may change them (e.g. --cache=none
+# after an out-of-memory kill).
+RUNTIME_SETTINGS = ("cache", "log_images")
+# What a run directory holds (run_dir.py); removed when a run starts afresh.
+RUN_FILES = (CONFIG, run_dir.SUMMARY, run_dir.METRICS, run_dir.BEST_MODEL)
+RUN_DIRS = (run_dir.CHECKPOINT_DIR, run_dir.LOG_DIR)
+
+
+def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
+    """Checks the model dir is writable and holds no other run; returns whether it holds this
+    run. A run with other settings is refused once it has finished an epoch; before that (a
+    start that failed) or with `overwrite` its files are removed and the run starts afresh."""
     try:
         os.makedirs(config.model_dir, exist_ok=True)
         probe = os.path.join(config.model_dir, f".write-test-{os.getpid()}")
@@ -84,17 +98,37 @@ def _prepare_model_dir(config: TrainConfig) -> None:
     except OSError as e:
         raise TrainingError(
             f"model_dir {config.model_dir!r} is not writable: {e.strerror}") from None
+    atomic.remove_stale_temporaries(config.model_dir)
     path = os.path.join(config.model_dir, CONFIG)
+    if not os.path.exists(path):
+        if overwrite:
+            _remove_run(config.model_dir)
+        return False
+    saved = run_dir.read_json(path)
     current = config.to_json()
-    if os.path.exists(path):
-        saved = run_dir.read_json(path)
-        changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-        if changed:
-            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-            raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
-                                "use a new --model_dir or delete the old one")
-    else:
-        atomic.write_json(path, current)
+    changed = {k: (saved.get(k), v) for k, v in current.items()
+               if k not in RUNTIME_SETTINGS and saved.get(k) != v}
+    if not changed and not overwrite:
+        return True
+    state = os.path.join(run_dir.CHECKPOINT_DIR, run_dir.CHECKPOINT_STATE)
+    started = any(os.path.exists(os.path.join(config.model_dir, name))
+                  for name in (run_dir.METRICS, run_dir.SUMMARY, state))
+    if started and not overwrite:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
+                            "use a new --model_dir, or --overwrite to start afresh there")
+    _remove_run(config.model_dir)
+    return False
+
+
+def _remove_run(model_dir: str) -> None:
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(model_dir, name))
+    for name in RUN_DIRS:
+        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+    for path in glob.glob(os.path.join(glob.escape(model_dir), "eval_*.json")):
+        os.remove(path)
 
 
 def _jit(setting: str) -> bool:
@@ -127,21 +161,27 @@ def _check_input_size(info: dict, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, verbose: int | str = "auto",
-          extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+          extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+          overwrite: bool = False) -> dict[str, Any]:
     """Runs (or resumes, or returns the result of a finished) training run; returns its summary.
 
     verbose: Keras' progress display (1 bar, 2 a line per epoch, 0 none); extra_callbacks run
-    after ours, with the epoch logs complete.
+    after ours, with the epoch logs complete; overwrite: start afresh in a model dir that holds
+    a run (finished or not) with other settings.
+
+    Raises:
+      TrainingError: the model dir holds another run, is not writable, or training diverged.
+      ValueError (metadata.DatasetError for dataset problems): bad settings or data.
     """
+    same_run = _check_model_dir(config, overwrite)
     summary_path = os.path.join(config.model_dir, run_dir.SUMMARY)
-    if os.path.exists(summary_path):
+    if same_run and os.path.exists(summary_path):
         summary = run_dir.read_summary(config.model_dir)
         if summary.get("status") == "finished":
             return summary
+    session_start = time.time()
     info = dataset_info(config.data_dir, "train")
     _check_input_size(info, config)
-    _prepare_model_dir(config)
-    start_time = time.time()
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:  # reproducible to the bit, at some cost in speed
@@ -155,7 +195,12 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     schedule = step_learning_rate(config.learning_rate, milestones, config.lr_decay)
 
     val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False, cache=config.cache)
-    images_per_epoch = config.train_size or info["count"]
+    images_per_epoch = sum(selection_counts(info["positives"], info["negatives"],
+                                            config.train_size, config.class_balance))
+    if verbose and images_per_epoch < info["count"] and config.train_size is None:
+        print(f"class_balance {config.class_balance:g}: training on {images_per_epoch} of the "
+              f"{info['count']} training images (the largest selection with that balance)",
+              flush=True)
 
     with strategy.scope():
         model = build_classifier(info["channels"], config.receptive_field, config.k3,
@@ -174,6 +219,8 @@ def train(config: TrainConfig, verbose: int | str = "auto",
         print(f"resuming at epoch {initial_epoch + 1} of {epochs}", flush=True)
     history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
                if row["epoch"] <= initial_epoch]
+    # wall time counts across resumes: the finished epochs' time, then this session's
+    start_time = session_start - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
     log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
     if initial_epoch == 0 and config.log_images:  # a separate dataset: train_ds's order is kept
         log_input_images(log_dir, make_dataset(config.data_dir, "train", config.log_images,
@@ -185,12 +232,14 @@ def train(config: TrainConfig, verbose: int | str = "auto",
                             seed=config.seed, cache=config.cache,
                             deterministic=config.deterministic, epochs=(initial_epoch, epochs))
     steps_per_epoch = -(-images_per_epoch // micro_batch)
+    # only now, with data and model checked: a start that fails leaves no settings behind
+    atomic.write_json(os.path.join(config.model_dir, CONFIG), config.to_json())
 
     guard = cb.NanGuard()
-    recorder = cb.EpochRecorder(config.model_dir, history)
+    recorder = cb.EpochRecorder(config.model_dir, history, start_time)
     callbacks = [guard, cb.EpochTimer(images_per_epoch), cb.ValidationMetrics(val_ds),
                  keras.callbacks.LearningRateScheduler(schedule),
-                 recorder, cb.EpochCheckpoint(checkpoint_dir),
+                 recorder, cb.EpochCheckpoint(checkpoint_dir, recorder),
                  keras.callbacks.TensorBoard(log_dir, write_graph=False), *extra_callbacks]
     if initial_epoch < epochs:
         model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
@@ -202,7 +251,7 @@ def train(config: TrainConfig, verbose: int | str = "auto",
             f"checkpoint (epoch {len(recorder.history)}) is kept in {checkpoint_dir}; lower "
             "--learning_rate or use --precision=float32")
     return _finish(config, recorder.history, model.count_params(), policy, strategy,
-                   epochs, images_per_epoch, start_time)
+                   epochs, images_per_epoch, start_time, micro_batch)
 
 
 def _warm_start(model: keras.Model, run: str) -> None:
@@ -218,11 +267,12 @@ def _warm_start(model: keras.Model, run: str) -> None:
 
 def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: str,
             strategy: tf.distribute.Strategy, epochs: int, images_per_epoch: int,
-            start_time: float) -> dict[str, Any]:
-    """Evaluates the best model on val and test and writes summary.json."""
-    best = max(history, key=lambda row: row["val_accuracy"])
+            start_time: float, batch_size: int) -> dict[str, Any]:
+    """Evaluates the best model on val and test (at the training's micro-batch size, which is
+    known to fit) and writes summary.json."""
+    best = max(history, key=cb.selection_key)
     model = run_dir.load_best_model(config.model_dir)
-    results = {split: evaluate(model, config.data_dir, split, config.batch_size)
+    results = {split: evaluate(model, config.data_dir, split, batch_size)
                for split in ("val", "test")}
     fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
     train_seconds = sum(row["train_seconds"] for row in history)
@@ -234,6 +284,7 @@ def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: s
         "parameters": num_params,
         "precision": policy,
         "replicas": strategy.num_replicas_in_sync,
+        "provenance": provenance.describe(strategy),
         "best_epoch": best["epoch"],
         "val_accuracy": results["val"]["accuracy"],
         "test_accuracy": results["test"]["accuracy"],
