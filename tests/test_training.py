@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_runs import Interrupt
 
 from needles_tf import run_dir
 from needles_tf.evaluation.evaluate import evaluate
@@ -39,18 +40,6 @@ def config(data_dir, model_dir, **overrides):
 def history(model_dir):
     with open(os.path.join(model_dir, run_dir.METRICS)) as f:
         return list(csv.DictReader(f))
-
-
-class Interrupt(keras.callbacks.Callback):
-    """Stands in for Ctrl-C at the start of an epoch."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 
-import keras
 import numpy as np
 import pytest
 from dying_worker import DieAt
-from tiny_runs import finish, make_run_dir, start_binary, tiny_nmnist
+from tiny_runs import Interrupt, finish, make_run_dir, start_binary, tiny_nmnist
 
 from needles_tf import atomic, run_dir
 from needles_tf.data import metadata
@@ -30,18 +29,6 @@ def tiny(data_dir, model_dir, **overrides):
                     batch_size=32, train_size=64, reference_size=0, optimizer="adam",
                     learning_rate=1e-3, lr_milestones=(), log_images=0, deterministic=True)
     return TrainConfig(str(data_dir), str(model_dir), **{**settings, **overrides})
-
-
-class Interrupt(keras.callbacks.Callback):
-    """Ctrl-C at the start of an epoch."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def metrics_rows(model_dir):
