@@ -39,7 +39,7 @@ def main(argv):
     for name in ("model_dir", "data_dir"):
         if not FLAGS[name].value:
             sys.exit(f"needles-evaluate: error: --{name} is required")
-    dataset = os.path.basename(os.path.normpath(FLAGS.data_dir))
+    dataset = os.path.basename(os.path.abspath(FLAGS.data_dir))  # "." names its directory
     output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{dataset}.json")
     try:
         # Paths first, so that a typo is reported without waiting for TensorFlow to load.
