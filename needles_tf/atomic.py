@@ -43,8 +43,6 @@ def remove_stale_temporaries(directory: str) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -7,12 +7,16 @@
       best.keras        the model of the best validation epoch
       checkpoint/       the resumable state of the last finished epoch
       logs/             TensorBoard event files (train/, validation/)
+      eval_<split>_<dataset>.json   needles-evaluate's metrics
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 from typing import Any
 
 CONFIG = "config.json"
@@ -63,6 +67,36 @@ def read_summary(model_dir: str) -> dict[str, Any]:
     return read_json(os.path.join(model_dir, SUMMARY))
 
 
+def eval_path(model_dir: str, split: str, data_dir: str) -> str:
+    """Where needles-evaluate keeps the metrics of `split` of the dataset in `data_dir`: named
+    by split and the dataset directory's name ("." names its directory)."""
+    dataset = os.path.basename(os.path.abspath(data_dir))
+    return os.path.join(model_dir, f"eval_{split}_{dataset}.json")
+
+
+def checkpoint_state(model_dir: str) -> dict[str, Any] | None:
+    """{"epoch": finished epochs, "weights": file, ...} of the run's checkpoint, or None."""
+    path = os.path.join(model_dir, CHECKPOINT_DIR, CHECKPOINT_STATE)
+    return read_json(path) if os.path.exists(path) else None
+
+
+def has_finished_epoch(model_dir: str) -> bool:
+    """Whether the run in `model_dir` has finished an epoch (from then on it is kept)."""
+    return any(os.path.exists(os.path.join(model_dir, name)) for name in (METRICS, SUMMARY)) \
+        or checkpoint_state(model_dir) is not None
+
+
+def remove_run(model_dir: str) -> None:
+    """Removes what a run writes (the files above, evaluations); other files stay."""
+    for name in (CONFIG, SUMMARY, METRICS, BEST_MODEL):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(model_dir, name))
+    for name in (CHECKPOINT_DIR, LOG_DIR):
+        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+    for path in glob.glob(eval_path(glob.escape(model_dir), "*", "*")):
+        os.remove(path)
+
+
 def unfinished_warning(model_dir: str) -> str | None:
     """A warning line when the run in `model_dir` has not finished (killed, failed or still
     training), naming the epochs done; None for a finished run."""
@@ -70,8 +104,7 @@ def unfinished_warning(model_dir: str) -> str | None:
     try:
         if os.path.exists(summary) and read_json(summary).get("status") == "finished":
             return None
-        state = os.path.join(model_dir, CHECKPOINT_DIR, CHECKPOINT_STATE)
-        done = read_json(state).get("epoch", "?") if os.path.exists(state) else "?"
+        done = (checkpoint_state(model_dir) or {}).get("epoch", "?")
         config = os.path.join(model_dir, CONFIG)
         epochs = read_json(config).get("epochs", "?") if os.path.exists(config) else "?"
     except RunDirError:

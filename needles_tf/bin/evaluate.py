@@ -6,7 +6,6 @@ Prints the metrics, then writes them to <model_dir>/eval_<split>_<dataset>.json 
 directory's name) unless --output names another file.
 """
 
-import os
 import sys
 
 from absl import flags
@@ -39,8 +38,7 @@ def main(argv):
     for name in ("model_dir", "data_dir"):
         if not FLAGS[name].value:
             sys.exit(f"needles-evaluate: error: --{name} is required")
-    dataset = os.path.basename(os.path.abspath(FLAGS.data_dir))  # "." names its directory
-    output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{dataset}.json")
+    output = FLAGS.output or run_dir.eval_path(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir)
     try:
         # Paths first, so that a typo is reported without waiting for TensorFlow to load.
         run_dir.best_model_path(FLAGS.model_dir)

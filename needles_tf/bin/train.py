@@ -7,7 +7,6 @@ Re-running the same command resumes an interrupted run from its last finished ep
 finished run is not trained again. Results: <model_dir>/summary.json, metrics.csv, logs/.
 """
 
-import os
 import sys
 
 from absl import flags
@@ -67,7 +66,6 @@ flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 def main(argv):
     common.no_arguments(argv)
-    from needles_tf.training.callbacks import EpochCheckpoint
     from needles_tf.training.trainer import TrainConfig, TrainingError, train
 
     config = TrainConfig(
@@ -90,8 +88,7 @@ def main(argv):
     except (TrainingError, ValueError, run_dir.RunDirError) as e:
         sys.exit(f"needles-train: error: {e}")
     except KeyboardInterrupt:
-        checkpoint_dir = os.path.join(FLAGS.model_dir, run_dir.CHECKPOINT_DIR)
-        done = (EpochCheckpoint.saved_state(checkpoint_dir) or {"epoch": 0})["epoch"]
+        done = (run_dir.checkpoint_state(FLAGS.model_dir) or {"epoch": 0})["epoch"]
         print(f"\nneedles-train: interrupted after epoch {done}; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)

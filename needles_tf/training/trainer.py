@@ -8,11 +8,8 @@ reports validation and test metrics of the best model in summary.json.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import glob
 import os
-import shutil
 import time
 from typing import Any, Sequence
 
@@ -81,11 +78,6 @@ class TrainConfig:
 # How a run is carried out, not what it computes: a resume may change them (e.g. --cache=none
 # after an out-of-memory kill).
 RUNTIME_SETTINGS = ("cache", "log_images")
-# What a run directory holds (run_dir.py); removed when a run starts afresh.
-RUN_FILES = (CONFIG, run_dir.SUMMARY, run_dir.METRICS, run_dir.BEST_MODEL)
-RUN_DIRS = (run_dir.CHECKPOINT_DIR, run_dir.LOG_DIR)
-
-
 def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
     """Checks the model dir is writable and holds no other run; returns whether it holds this
     run. A run with other settings is refused once it has finished an epoch; before that (a
@@ -102,7 +94,7 @@ def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
     path = os.path.join(config.model_dir, CONFIG)
     if not os.path.exists(path):
         if overwrite:
-            _remove_run(config.model_dir)
+            run_dir.remove_run(config.model_dir)
         return False
     saved = run_dir.read_json(path)
     current = config.to_json()
@@ -110,25 +102,12 @@ def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
                if k not in RUNTIME_SETTINGS and saved.get(k) != v}
     if not changed and not overwrite:
         return True
-    state = os.path.join(run_dir.CHECKPOINT_DIR, run_dir.CHECKPOINT_STATE)
-    started = any(os.path.exists(os.path.join(config.model_dir, name))
-                  for name in (run_dir.METRICS, run_dir.SUMMARY, state))
-    if started and not overwrite:
+    if run_dir.has_finished_epoch(config.model_dir) and not overwrite:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
         raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
                             "use a new --model_dir, or --overwrite to start afresh there")
-    _remove_run(config.model_dir)
+    run_dir.remove_run(config.model_dir)
     return False
-
-
-def _remove_run(model_dir: str) -> None:
-    for name in RUN_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(model_dir, name))
-    for name in RUN_DIRS:
-        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
-    for path in glob.glob(os.path.join(glob.escape(model_dir), "eval_*.json")):
-        os.remove(path)
 
 
 def _jit(setting: str) -> bool:
