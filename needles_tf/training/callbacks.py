@@ -184,12 +184,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     @classmethod
     def restore(cls, model: keras.Model, directory: str) -> int:
-        """Loads the last checkpoint into a compiled model; returns the epochs already done."""
+        """Loads the last checkpoint into a compiled model whose optimizer is built; returns the
+        epochs already done."""
         cls.publish_best(directory)
         state = cls.saved_state(directory)
         if state is None:
             return 0
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(directory, state["weights"]))
         return state["epoch"]
