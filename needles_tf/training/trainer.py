@@ -233,7 +233,7 @@ def train(config: TrainConfig, verbose: int | str = "auto",
             f"the training loss became NaN/inf in epoch {guard.diverged_at + 1}; the last good "
             f"checkpoint (epoch {len(recorder.history)}) is kept in {checkpoint_dir}; lower "
             "--learning_rate or use --precision=float32")
-    return _finish(config, recorder.history, model.count_params(), policy, strategy,
+    return _finish(config, model, recorder.history, policy, strategy,
                    epochs, images_per_epoch, start_time, micro_batch)
 
 
@@ -248,13 +248,15 @@ def _warm_start(model: keras.Model, run: str) -> None:
     model.set_weights(source.get_weights())
 
 
-def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: str,
+def _finish(config: TrainConfig, model: keras.Model, history: list[dict], policy: str,
             strategy: tf.distribute.Strategy, epochs: int, images_per_epoch: int,
             start_time: float, batch_size: int) -> dict[str, Any]:
     """Evaluates the best model on val and test (at the training's micro-batch size, which is
     known to fit) and writes summary.json."""
     best = max(history, key=cb.selection_key)
-    model = run_dir.load_best_model(config.model_dir)
+    # the best epoch's weights into the trained model: its evaluation function is already
+    # traced, where a model loaded from the file would be rebuilt and traced again
+    model.load_weights(run_dir.best_model_path(config.model_dir))
     results = {split: evaluate(model, config.data_dir, split, batch_size)
                for split in ("val", "test")}
     fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
@@ -264,7 +266,7 @@ def _finish(config: TrainConfig, history: list[dict], num_params: int, policy: s
         "status": "finished",
         "config": config.to_json(),
         "epochs": epochs,
-        "parameters": num_params,
+        "parameters": model.count_params(),
         "precision": policy,
         "replicas": strategy.num_replicas_in_sync,
         "provenance": provenance.describe(strategy),
