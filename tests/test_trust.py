@@ -5,13 +5,14 @@ import csv
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from dying_worker import DieAt
 from tiny_runs import Interrupt, finish, make_run_dir, start_binary, tiny_nmnist
 
-from needles_tf import atomic, run_dir
+from needles_tf import atomic, dir_lock, run_dir
 from needles_tf.data import metadata
 from needles_tf.input import make_dataset, order
 from needles_tf.training import callbacks as cb
@@ -213,3 +214,24 @@ def test_tied_validation_accuracy_goes_to_the_lower_validation_loss():
     assert max([early, late], key=cb.selection_key) is late
     assert max([early, late, better], key=cb.selection_key) is better
     assert cb.selection_key({"val_accuracy": float("nan")}) < cb.selection_key(early)
+
+
+def test_a_model_dir_in_use_by_a_live_process_is_refused_and_freed_by_its_death(data_dir,
+                                                                                  tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    holder = subprocess.Popen(  # a second needles-train, as far as the lock goes
+        [sys.executable, "-c", "import sys, time\nfrom needles_tf import dir_lock\n"
+         f"with dir_lock.exclusive({str(model_dir)!r}):\n"
+         "    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingError, match=rf"in use by another process \(pid {holder.pid}\)"):
+            train(tiny(data_dir, model_dir))
+        assert os.listdir(model_dir) == [dir_lock.LOCK_FILE]  # nothing of a run written
+    finally:
+        holder.kill()  # as kill -9: the kernel releases the lock with the process
+        holder.wait()
+    with dir_lock.exclusive(str(model_dir)):
+        pass

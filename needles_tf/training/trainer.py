@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from needles_tf import atomic, provenance, run_dir
+from needles_tf import atomic, dir_lock, provenance, run_dir
 from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.input import dataset_info, make_dataset
 from needles_tf.input.order import selection_counts
@@ -79,17 +79,9 @@ class TrainConfig:
 # after an out-of-memory kill).
 RUNTIME_SETTINGS = ("cache", "log_images")
 def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
-    """Checks the model dir is writable and holds no other run; returns whether it holds this
-    run. A run with other settings is refused once it has finished an epoch; before that (a
-    start that failed) or with `overwrite` its files are removed and the run starts afresh."""
-    try:
-        os.makedirs(config.model_dir, exist_ok=True)
-        probe = os.path.join(config.model_dir, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(
-            f"model_dir {config.model_dir!r} is not writable: {e.strerror}") from None
+    """Checks the (locked) model dir holds no other run; returns whether it holds this run. A
+    run with other settings is refused once it has finished an epoch; before that (a start
+    that failed) or with `overwrite` its files are removed and the run starts afresh."""
     atomic.remove_stale_temporaries(config.model_dir)
     path = os.path.join(config.model_dir, CONFIG)
     if not os.path.exists(path):
@@ -149,9 +141,28 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     a run (finished or not) with other settings.
 
     Raises:
-      TrainingError: the model dir holds another run, is not writable, or training diverged.
+      TrainingError: the model dir holds another run, is in use by another process, is not
+        writable, or training diverged.
       ValueError (metadata.DatasetError for dataset problems): bad settings or data.
     """
+    try:
+        os.makedirs(config.model_dir, exist_ok=True)
+        probe = os.path.join(config.model_dir, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(
+            f"model_dir {config.model_dir!r} is not writable: {e.strerror}") from None
+    try:
+        with dir_lock.exclusive(config.model_dir):
+            return _train(config, verbose, extra_callbacks, overwrite)
+    except dir_lock.DirectoryBusy as e:
+        raise TrainingError(str(e)) from None
+
+
+def _train(config: TrainConfig, verbose: int | str,
+           extra_callbacks: Sequence[keras.callbacks.Callback], overwrite: bool) -> dict[str, Any]:
+    """train() in its model dir, which this process holds."""
     same_run = _check_model_dir(config, overwrite)
     summary_path = os.path.join(config.model_dir, run_dir.SUMMARY)
     if same_run and os.path.exists(summary_path):
