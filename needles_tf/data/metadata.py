@@ -46,7 +46,7 @@ def read_json(path: str) -> dict:
     except OSError as e:
         raise DatasetError(f"{path}: cannot read dataset sidecar ({e.strerror}); expected the "
                            "dataset.json written by needles-make-nmnist / -ncamelyon") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a JSON object")
@@ -68,27 +68,44 @@ def read_metadata(data_dir: str) -> dict:
         raise DatasetError(f"{path}: not found; is {data_dir!r} a dataset directory written by "
                            "needles-make-nmnist / needles-make-ncamelyon?")
     meta = read_json(path)
-    for key in ("kind", "params", "image", "splits"):
-        if key not in meta:
-            raise DatasetError(f"{path}: missing key {key!r}")
+    for key, kind in (("kind", str), ("params", dict), ("image", dict), ("splits", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise DatasetError(f"{path}: {key!r} missing or not a JSON {_JSON_NAMES[kind]}")
     if meta.get("complete") is False:
         raise DatasetError(f"{path}: marked incomplete (complete: false); re-run the generator "
                            "with the same flags to finish it")
+    if not all(_is_count(meta["image"].get(k)) and meta["image"][k] > 0
+               for k in ("height", "width", "channels")):
+        raise DatasetError(f"{path}: 'image' needs positive integer height, width and channels; "
+                           f"got {meta['image']}")
     for split, info in meta["splits"].items():
-        if not {"count", "positives", "negatives", "shards"} <= set(info):
+        if not isinstance(info, dict) or \
+                not {"count", "positives", "negatives", "shards"} <= set(info):
             raise DatasetError(f"{path}: split {split!r} lacks count/positives/negatives/shards")
         _check_counts(path, split, info)
     return meta
 
 
+_JSON_NAMES = {str: "string", dict: "object"}
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_counts(path: str, split: str, info: Mapping) -> None:
     """A split's counts must add up: its shards' counts and positives, positives + negatives."""
-    try:
-        shard_count = sum(int(s["count"]) for s in info["shards"])
-        shard_positives = sum(int(s["positives"]) for s in info["shards"])
-    except (KeyError, TypeError, ValueError):
-        raise DatasetError(f"{path}: split {split!r} has a shard entry without count/positives "
-                           "(expected {file, count, positives, sha256})") from None
+    shards = info["shards"]
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and _is_count(s.get("count"))
+            and _is_count(s.get("positives")) for s in shards):
+        raise DatasetError(f"{path}: split {split!r} needs a list of shard entries "
+                           "{file, count, positives, sha256} with counts >= 0")
+    if not all(_is_count(info[k]) for k in ("count", "positives", "negatives")):
+        raise DatasetError(f"{path}: split {split!r}: count, positives and negatives must be "
+                           "integers >= 0")
+    shard_count = sum(s["count"] for s in shards)
+    shard_positives = sum(s["positives"] for s in shards)
     if (info["count"], info["positives"]) != (shard_count, shard_positives) or \
             info["positives"] + info["negatives"] != info["count"]:
         raise DatasetError(
