@@ -106,9 +106,19 @@ def test_plain_tensorflow_and_saved_model_cli_give_the_keras_outputs(run, saved_
                                keras_probabilities(model, inputs[1]), atol=1e-5)
 
 
-def test_too_small_images_are_refused(serving):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at least 3 x 3 pixels"):
-        serving.signature(images=tf.zeros((1, 2, 40, 1)))
+@pytest.mark.parametrize("images, message", [
+    (tf.zeros((1, 2, 40, 1)), r"images must be at least 3 x 3 pixels"),
+    (tf.zeros((40, 40, 1)), r"images \[40,40,1\] is not compatible with expected shape "
+                            r"\[\?,\?,\?,1\]"),
+    (tf.zeros((1, 40, 40, 3)), r"images \[1,40,40,3\] is not compatible"),
+    (tf.fill((1, 40, 40, 1), np.nan), r"images must be finite \(no NaN or inf\)"),
+    (tf.zeros((1, 40, 40, 1), tf.int32), r"expected to be a float tensor but is a int32"),
+])
+def test_the_signature_refuses_what_it_cannot_classify_with_its_own_message(serving, images,
+                                                                            message):
+    """Wrong size, rank, channels, NaN and dtype, through plain TensorFlow's loaded signature."""
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serving.signature(images=images)
     assert (serving.channels, serving.min_size) == (1, 3)
 
 
@@ -179,7 +189,8 @@ def test_channel_conversion():
     ("two.npy", np.zeros((40, 40, 2), np.uint8), r"shape \(40, 40, 2\) is not an image"),
     ("rgba.npy", np.zeros((40, 40, 4), np.uint8), r"shape \(40, 40, 4\) is not an image"),
     ("small.npy", np.zeros((2, 40), np.uint8), "2 x 40 pixels; the model needs at least 3 x 3"),
-    ("range.npy", np.full((40, 40), 2.0, np.float32), r"must lie in \[0, 1\]"),
+    ("range.npy", np.full((40, 40), 2.0, np.float32), r"must lie in \[0, 1\]; found \[2, 2\]"),
+    ("nan.npy", np.where(np.eye(40), np.nan, 0.5).astype(np.float32), "must be finite"),
     ("ints.npy", np.zeros((40, 40), np.int64), "pixel type int64 not supported"),
     ("corrupt.png", None, "cannot read image"),
     ("image.jp2", None, "unsupported file type '.jp2'"),

@@ -81,7 +81,8 @@ def test_asap_xml_reader(tmp_path, data, value):
         except SlideError as e:
             assert path in str(e)
         else:
-            assert all(np.isfinite(p.points).all() and len(p.points) >= 3 for p in annotations.lesions)
+            assert all(np.isfinite(polygon.points).all() and len(polygon.points) >= 3
+                       for polygon in annotations.lesions)
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 10 ** 6) | st.floats()

@@ -30,11 +30,15 @@ def _serving_archive(classifier: keras.Model) -> keras.export.ExportArchive:
     min_size = min_image_size(classifier)
 
     def serve(images):
+        # A signature checks the dtype of its input, not its shape: rank and channels are
+        # checked here (EnsureShape runs at every call), as are size and finiteness.
+        images = tf.ensure_shape(images, [None, None, None, channels])
         size = tf.reduce_min(tf.shape(images)[1:3])
         checks = [tf.debugging.assert_greater_equal(
             size, min_size, message=f"images must be at least {min_size} x {min_size} pixels")]
         with tf.control_dependencies(checks):
-            outputs = evidence_model(tf.identity(images), training=False)
+            images = tf.debugging.check_numerics(images, "images must be finite (no NaN or inf)")
+            outputs = evidence_model(images, training=False)
         return {"probability": needle_probability(outputs["logits"]),
                 "logits": outputs["logits"], "evidence_map": outputs["evidence_map"]}
 

@@ -55,10 +55,11 @@ def _to_unit_float(array: np.ndarray, path: str) -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
-        if array.size and not (np.isfinite(array).all() and 0 <= array.min()
-                               and array.max() <= 1):
+        if not np.isfinite(array).all():
+            raise ImageError(f"{path}: pixel values must be finite; found NaN or inf")
+        if array.size and not (0 <= array.min() and array.max() <= 1):
             raise ImageError(f"{path}: float pixel values must lie in [0, 1]; found "
-                             f"[{np.nanmin(array):g}, {np.nanmax(array):g}]")
+                             f"[{array.min():g}, {array.max():g}]")
         return array.astype(np.float32)
     raise ImageError(f"{path}: pixel type {array.dtype} not supported; expected uint8, uint16, "
                      "bool or float in [0, 1]")
