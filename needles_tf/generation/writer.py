@@ -178,14 +178,25 @@ def write_dataset(output_dir: str, kind: str, params: Mapping[str, Any],
             finished[file] = {"file": file, "count": stop - start, "positives": positives,
                               "sha256": file_sha256(path)}
             atomic.write_json(os.path.join(output_dir, PARTIAL_FILE), metadata(False))
+        meta = metadata(True)
+        atomic.write_json(os.path.join(output_dir, METADATA_FILE), meta)
+    except (OSError, tf.errors.OpError) as e:  # a full disk, a quota, a vanished mount
+        raise DatasetError(
+            f"{output_dir}: cannot write there ({_reason(e)}); the {len(finished)} shard(s) "
+            "finished so far are kept: make room and re-run the same command to resume") from None
     finally:
         bar.close()
         results.close()
-    meta = metadata(True)
-    atomic.write_json(os.path.join(output_dir, METADATA_FILE), meta)
     if os.path.exists(os.path.join(output_dir, PARTIAL_FILE)):
         os.remove(os.path.join(output_dir, PARTIAL_FILE))
     return meta
+
+
+def _reason(error: Exception) -> str:
+    """"No space left on device" from an OSError or from TensorFlow's "PATH; reason"."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(getattr(error, "message", error)).rsplit("; ", 1)[-1].strip()
 
 
 def _next_chunk(results: Iterator, output_dir: str, file: str) -> list[tuple[bytes, int]]:

@@ -236,9 +236,15 @@ def _train(config: TrainConfig, verbose: int | str,
                  recorder, cb.EpochCheckpoint(checkpoint_dir, recorder),
                  keras.callbacks.TensorBoard(log_dir, write_graph=False), *extra_callbacks]
     if initial_epoch < epochs:
-        model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)
+        try:
+            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)
+        except OSError as e:  # a full disk or quota while writing the epoch's files
+            done = (run_dir.checkpoint_state(config.model_dir) or {"epoch": 0})["epoch"]
+            raise TrainingError(
+                f"cannot write in {config.model_dir} ({e.strerror or e}); the run is kept as of "
+                f"epoch {done}: make room and re-run the same command to resume") from None
     if guard.diverged_at is not None:
         raise TrainingError(
             f"the training loss became NaN/inf in epoch {guard.diverged_at + 1}; the last good "

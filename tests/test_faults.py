@@ -1,0 +1,115 @@
+"""Fault injection (issue 11): a full disk while generating and while checkpointing, and a
+generator killed with SIGKILL mid-dataset. Each gives one clear error (or none: a kill), leaves
+no half-written file that looks finished, and the same command then completes; generated shards
+are byte-identical to an uninterrupted run's."""
+
+import errno
+import os
+import signal
+import time
+
+import keras
+import pytest
+import tensorflow as tf
+from tiny_runs import finish, start_binary, tiny_nmnist
+
+from needles_tf import run_dir
+from needles_tf.data import metadata
+from needles_tf.generation import nmnist
+from needles_tf.training import callbacks as cb
+from needles_tf.training.trainer import TrainConfig, TrainingError, train
+
+DUPLICATES = {"train": 1, "val": 1, "test": 1}
+
+
+def shard_bytes(directory) -> dict[str, bytes]:
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if name.endswith(".tfrecord")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted generation: 8 train shards, as the binary writes by default."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=0, num_shards=8, progress=False,
+                           duplicates=DUPLICATES)
+    return out
+
+
+def test_a_full_disk_while_generating_is_one_error_and_a_rerun_completes(reference, tmp_path,
+                                                                          monkeypatch):
+    real_writer = tf.io.TFRecordWriter
+    shard = metadata.read_metadata(reference)["splits"]["train"]["shards"][0]["count"]
+
+    class FullDisk(real_writer):  # the disk fills up in the middle of the third shard
+        records = 0
+
+        def write(self, record):
+            FullDisk.records += 1
+            if FullDisk.records > 2.5 * shard:  # TensorFlow's own error for ENOSPC
+                raise tf.errors.ResourceExhaustedError(None, None, "x.tmp-1; No space left on "
+                                                                   "device")
+            super().write(record)
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FullDisk)
+    out = str(tmp_path / "data")
+    with pytest.raises(metadata.DatasetError, match=rf"^{out}: cannot write there \(No space "
+                                                    r"left on device\); the 2 shard\(s\)"):
+        nmnist.generate_nmnist(out, canvas_size=32, num_clutter=0, num_shards=8,
+                               progress=False, duplicates=DUPLICATES)
+    left = sorted(os.listdir(out))
+    assert left == ["dataset.partial.json", "train-00000-of-00008.tfrecord",
+                    "train-00001-of-00008.tfrecord"]  # no temporary, no dataset.json
+    with pytest.raises(metadata.DatasetError, match="incomplete dataset"):
+        metadata.read_metadata(out)
+    monkeypatch.setattr(tf.io, "TFRecordWriter", real_writer)  # space freed
+    nmnist.generate_nmnist(out, canvas_size=32, num_clutter=0, num_shards=8, progress=False,
+                           duplicates=DUPLICATES)
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_a_generator_killed_mid_dataset_resumes_to_identical_shards(reference, tmp_path):
+    out = tmp_path / "data"
+    args = ("--canvas_size=32", "--num_clutter=0", "--train_duplicates=1", "--duplicates=1",
+            f"--output_dir={out}", "--workers=1", "--noprogress")
+    process = start_binary("make_nmnist", *args)
+    partial = out / metadata.PARTIAL_FILE
+    deadline = time.time() + 120
+    while not partial.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # after the first shard, in the middle of the rest
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / metadata.METADATA_FILE).exists()
+    result = finish(start_binary("make_nmnist", *args), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert not [name for name in os.listdir(out) if ".tmp-" in name]
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_epoch_and_a_rerun_finishes(
+        tmp_path, monkeypatch):
+    data_dir = tiny_nmnist(str(tmp_path / "data"), 0, DUPLICATES)
+    config = TrainConfig(data_dir, str(tmp_path / "run"), receptive_field=9, width_scale=1 / 16,
+                         normalization=False, epochs=2, batch_size=32, train_size=64,
+                         reference_size=0, optimizer="adam", learning_rate=1e-3,
+                         lr_milestones=(), log_images=0)
+    real_save = keras.Model.save_weights
+
+    def full_after_one_epoch(self, path, *args, **kwargs):
+        if "epoch-00002" in path:
+            with open(path, "wb") as f:  # a partial file, then the disk is full
+                f.write(b"\x89HDF")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_after_one_epoch)
+    with pytest.raises(TrainingError, match=r"cannot write in .*run \(No space left on device\); "
+                                            r"the run is kept as of epoch 1: make room"):
+        train(config, verbose=0)
+    assert run_dir.checkpoint_state(config.model_dir)["epoch"] == 1
+    monkeypatch.setattr(keras.Model, "save_weights", real_save)
+    summary = train(config, verbose=0)
+    assert summary["status"] == "finished" and summary["epochs"] == 2
+    history = cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
+    assert [row["epoch"] for row in history] == [1, 2]
