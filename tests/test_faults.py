@@ -113,3 +113,33 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_epoch_and_a_rerun_finish
     assert summary["status"] == "finished" and summary["epochs"] == 2
     history = cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
     assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
+    data_dir = tiny_nmnist(str(tmp_path / "data"), 0, DUPLICATES)
+    settings = dict(receptive_field=9, width_scale=1 / 16, normalization=False, epochs=2,
+                    batch_size=16, train_size=96, reference_size=0, optimizer="adam",
+                    learning_rate=1e-3, lr_milestones=(), log_images=0, deterministic=True)
+    reference = TrainConfig(data_dir, str(tmp_path / "reference"), **settings)
+    train(reference, verbose=0)
+    flags = [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--receptive_field=9",
+             "--width_scale=0.0625", "--nonormalization", "--epochs=2", "--batch_size=16",
+             "--train_size=96", "--reference_size=0", "--optimizer=adam",
+             "--learning_rate=1e-3", "--lr_milestones=", "--log_images=0", "--deterministic"]
+    process = start_binary("train", *flags)
+    state = tmp_path / "run" / run_dir.CHECKPOINT_DIR / run_dir.CHECKPOINT_STATE
+    deadline = time.time() + 120
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # epoch 1 committed; epoch 2 under way
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    result = finish(start_binary("train", *flags), timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming at epoch 2 of 2" in result.stdout
+    ours, theirs = (cb.read_history(os.path.join(d, run_dir.METRICS))
+                    for d in (tmp_path / "run", reference.model_dir))
+    assert [row["epoch"] for row in ours] == [1, 2]
+    for row, expected in zip(ours, theirs, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+            assert row[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), (row, key)
