@@ -8,11 +8,14 @@ releases it when its holder exits, however it exits (kill -9 included): no stale
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import warnings
 from typing import Iterator
 
 LOCK_FILE = ".lock"
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class DirectoryBusy(RuntimeError):
@@ -36,8 +39,15 @@ def exclusive(directory: str) -> Iterator[None]:
             raise DirectoryBusy(
                 f"{directory} is in use by another process (pid {holder}); wait for it to "
                 "finish or stop it, or use another directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as e:  # a file system without locks (some network mounts)
+            if e.errno not in UNSUPPORTED:
+                raise
+            warnings.warn(f"{directory}: the file system does not support locks "
+                          f"({e.strerror}); nothing stops a second process writing there",
+                          stacklevel=3)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

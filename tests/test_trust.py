@@ -2,6 +2,7 @@
 user mistake (issue 11). Tiny data and models; real files, real kills of real writers."""
 
 import csv
+import errno
 import json
 import os
 import subprocess
@@ -235,3 +236,14 @@ def test_a_model_dir_in_use_by_a_live_process_is_refused_and_freed_by_its_death(
         holder.wait()
     with dir_lock.exclusive(str(model_dir)):
         pass
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(dir_lock.fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="does not support locks"), \
+            dir_lock.exclusive(str(tmp_path)):
+        ran = True
+    assert ran
