@@ -1,5 +1,6 @@
 """SavedModel export, loading with plain TensorFlow, saved_model_cli, prediction on files."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -277,3 +278,22 @@ def test_binaries(run, saved_model, tmp_path):
     lines = output.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["file"] == str(good)
     assert os.listdir(tmp_path / "maps") == ["good.npy.heatmap.png"]
+
+
+def test_an_inference_failure_names_its_cause_not_the_graph_boilerplate(serving, tmp_path,
+                                                                        monkeypatch):
+    message = ("Graph execution error:\n\nDetected at node bagnet/stem_conv1/convolution defined "
+               "at (most recent call last):\n<stack traces unavailable>\nOOM when allocating "
+               "tensor with shape[1,64,9000,9000]\n\t [[{{node bagnet/stem_conv1/convolution}}]]")
+
+    def out_of_memory(**images):
+        raise tf.errors.ResourceExhaustedError(None, None, message)
+
+    class OutOfMemory:  # a loaded SavedModel whose signature runs out of memory
+        signatures = {"serving_default": out_of_memory}
+
+    path = tmp_path / "big.npy"
+    np.save(path, np.zeros((40, 40), np.uint8))
+    with pytest.raises(PredictError, match=r"big.npy: inference failed \(ResourceExhaustedError: "
+                                           r"OOM when allocating tensor with shape"):
+        predict_file(dataclasses.replace(serving, loaded=OutOfMemory()), str(path))

@@ -89,9 +89,8 @@ def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None
     except ValueError as e:
         raise PredictError(f"{path}: {e}") from e
     except tf.errors.OpError as e:  # e.g. out of memory on a huge image
-        first_line = (e.message or "").strip().splitlines()[:1]
         raise PredictError(f"{path}: inference failed ({type(e).__name__}: "
-                           f"{first_line[0] if first_line else ''})") from e
+                           f"{_cause(e.message or '')})") from e
     record = {"file": path, "probability": probability, "label": int(probability > THRESHOLD),
               "height": int(image.shape[0]), "width": int(image.shape[1])}
     if heatmap_path:
@@ -130,3 +129,13 @@ def predict_files(model: ServingModel, paths: Iterable[str], heatmap_dir: str | 
             if strict:
                 raise
             report(path, str(e))
+
+
+def _cause(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong: a graph's error opens with
+    "Graph execution error:" and the node's stack, and says why further down."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>")
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.startswith(("\t", " ", "File ")) and
+             not line.startswith(noise)]
+    return lines[0] if lines else message.strip()
