@@ -153,14 +153,21 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
 
 def test_evaluate_prints_before_writing_names_files_by_dataset_and_warns_on_unfinished(
         data_dir, tmp_path):
+    """needles-evaluate shows metrics it cannot write and names its file by dataset; it and
+    needles-export warn on an unfinished run (a best model, no summary)."""
     _, model_dir = make_run_dir(tmp_path / "killed")  # a best model but no summary: unfinished
     blocked = tmp_path / "a_file"
     blocked.write_text("")
     processes = [start_binary("evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
                               "--split=val", f"--output={blocked}/eval.json"),
                  start_binary("evaluate", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
-                              "--split=val")]
-    result, named = (finish(p, timeout=120) for p in processes)
+                              "--split=val"),
+                 start_binary("export", f"--model_dir={model_dir}",
+                              f"--export_dir={tmp_path / 'exported'}")]
+    result, named, exported = (finish(p, timeout=120) for p in processes)
+    assert exported.returncode == 0, exported.stderr[-1000:]
+    assert "has not finished" in exported.stderr  # exported, with the warning
+    assert (tmp_path / "exported" / "saved_model.pb").exists()
     assert result.returncode == 1
     assert "has not finished" in result.stderr and "Traceback" not in result.stderr
     assert "accuracy" in result.stdout  # the metrics were shown although not saved
