@@ -254,3 +254,20 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
             dir_lock.exclusive(str(tmp_path)):
         ran = True
     assert ran
+
+
+def test_the_final_evaluation_runs_at_the_micro_batch_size(data_dir, tmp_path, monkeypatch):
+    """Where training needed micro-batches to fit, the final evaluation must not use the full
+    batch (it would run out of memory exactly there)."""
+    from needles_tf.training import trainer
+
+    batches = []
+
+    def recording(model, data, split, batch_size):
+        batches.append(batch_size)
+        return real_evaluate(model, data, split, batch_size)
+
+    real_evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", recording)
+    summary = train(tiny(data_dir, tmp_path / "run", epochs=1, micro_batch_size=8))
+    assert batches == [8, 8] and summary["config"]["batch_size"] == 32
