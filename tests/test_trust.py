@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from dying_worker import DieAt
+from dying_worker import DieAt, DyingSlide
 from tiny_runs import Interrupt, finish, make_run_dir, start_binary, tiny_nmnist
 
 from needles_tf import atomic, dir_lock, run_dir
@@ -213,6 +213,16 @@ def test_a_dying_generator_worker_is_one_clear_error_and_a_rerun_completes(tmp_p
     assert kept and len(kept) < 4  # the finished shards stay
     assert write(DieAt(None))["splits"]["train"]["count"] == 256
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_a_dying_slide_planning_worker_is_one_clear_error(tmp_path):
+    from needles_tf.generation import camelyon, ncamelyon_plans
+
+    tasks = [("negatives", DyingSlide(name), None, 4, str(tmp_path)) for name in ("a", "b")]
+    with pytest.raises(camelyon.SlideError, match="a worker process died while planning the "
+                       "negative slides .*re-run the same command"):
+        ncamelyon_plans.run_slide_tasks(tasks, workers=2, strict=False, progress=False,
+                                        desc="negative slides", skipped=[])
 
 
 def test_tied_validation_accuracy_goes_to_the_lower_validation_loss():
