@@ -281,3 +281,15 @@ def test_the_final_evaluation_runs_at_the_micro_batch_size(data_dir, tmp_path, m
     monkeypatch.setattr(trainer, "evaluate", recording)
     summary = train(tiny(data_dir, tmp_path / "run", epochs=1, micro_batch_size=8))
     assert batches == [8, 8] and summary["config"]["batch_size"] == 32
+
+
+def test_the_final_line_says_fit_or_not_never_none():
+    from needles_tf.bin.train import result_line
+
+    summary = {"best_epoch": 5, "epochs": 6, "val_accuracy": 0.925, "test_accuracy": 0.86,
+               "epochs_to_fit": None, "final_train_accuracy": 0.9087, "wall_seconds": 403.2}
+    assert result_line("runs/a", summary) == (
+        "runs/a: best epoch 5 of 6, val accuracy 0.9250, test accuracy 0.8600, not fit "
+        "(training accuracy 0.9087 < 0.99), 403 s")
+    fitted = result_line("runs/a", {**summary, "epochs_to_fit": 3})
+    assert "fit (training accuracy >= 0.99) at epoch 3, 403 s" in fitted and "None" not in fitted

@@ -92,13 +92,18 @@ def main(argv):
         print(f"\nneedles-train: interrupted after epoch {done}; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)
+    print(result_line(FLAGS.model_dir, summary))
+
+
+def result_line(model_dir: str, summary: dict) -> str:
+    """The one line a finished run ends with: best epoch, accuracies, fit or not, time."""
     fit = summary["epochs_to_fit"]
-    print(f"{FLAGS.model_dir}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
-          f"val accuracy {summary['val_accuracy']:.4f}, "
-          f"test accuracy {summary['test_accuracy']:.4f}, "
-          + (f"fit (training accuracy >= 0.99) at epoch {fit}" if fit is not None else
-             f"not fit (training accuracy {summary['final_train_accuracy']:.4f} < 0.99)")
-          + f", {summary['wall_seconds']:.0f} s")
+    return (f"{model_dir}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
+            f"val accuracy {summary['val_accuracy']:.4f}, "
+            f"test accuracy {summary['test_accuracy']:.4f}, "
+            + (f"fit (training accuracy >= 0.99) at epoch {fit}" if fit is not None else
+               f"not fit (training accuracy {summary['final_train_accuracy']:.4f} < 0.99)")
+            + f", {summary['wall_seconds']:.0f} s")
 
 
 def run():
