@@ -43,10 +43,9 @@ def computation(flagfile: str) -> tuple[tuple[str, str], ...]:
 
 # One run per distinct computation: flagfiles that differ only in their schedule (the demo's
 # warm-up and main run) share it.
-CANARY_OF = {}
-for _flagfile in TRAINING_FLAGFILES:
-    CANARY_OF[_flagfile] = next(f for f in TRAINING_FLAGFILES
-                                if computation(f) == computation(_flagfile))
+CANARY_OF = {flagfile: next(f for f in TRAINING_FLAGFILES
+                            if computation(f) == computation(flagfile))
+             for flagfile in TRAINING_FLAGFILES}
 
 
 def exit_description(returncode: int) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
+from needles_tf import run_dir
 from needles_tf.bin import native_log
 
 
@@ -27,6 +28,13 @@ def int_list(flag: str, values: list[str] | None) -> tuple[int, ...] | None:
     except ValueError:
         raise app.UsageError(f"--{flag} must be comma-separated integers, got "
                              f"{','.join(values)!r}") from None
+
+
+def warn_if_unfinished(model_dir: str) -> None:
+    """Prints run_dir's warning line to stderr when the run in `model_dir` has not finished."""
+    warning = run_dir.unfinished_warning(model_dir)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _adopt_help(module_name: str) -> None:

@@ -43,9 +43,7 @@ def main(argv):
         # Paths first, so that a typo is reported without waiting for TensorFlow to load.
         run_dir.best_model_path(FLAGS.model_dir)
         metadata.split_metadata(metadata.read_metadata(FLAGS.data_dir), FLAGS.split, FLAGS.data_dir)
-        warning = run_dir.unfinished_warning(FLAGS.model_dir)
-        if warning:
-            print(warning, file=sys.stderr)
+        common.warn_if_unfinished(FLAGS.model_dir)
         from needles_tf.evaluation.evaluate import evaluate
 
         model = run_dir.load_best_model(FLAGS.model_dir)

@@ -27,9 +27,7 @@ def main(argv):
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "saved_model")
     try:
         run_dir.best_model_path(FLAGS.model_dir)  # before waiting for TensorFlow to load
-        warning = run_dir.unfinished_warning(FLAGS.model_dir)
-        if warning:
-            print(warning, file=sys.stderr)
+        common.warn_if_unfinished(FLAGS.model_dir)
         from needles_tf.serving.export import export_saved_model
 
         model = run_dir.load_best_model(FLAGS.model_dir)

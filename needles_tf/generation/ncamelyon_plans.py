@@ -24,7 +24,7 @@ from needles_tf import atomic
 from needles_tf.generation import camelyon
 from needles_tf.generation.camelyon import SlideSource
 from needles_tf.generation.ncamelyon_config import NcamelyonConfig
-from needles_tf.generation.workers import map_in_processes
+from needles_tf.generation.workers import map_in_processes, worker_died
 
 CACHE_VERSION = 1
 
@@ -204,10 +204,8 @@ def run_slide_tasks(tasks: list[tuple], workers: int, strict: bool, progress: bo
             log.warning("skipping slide: %s", result)
             skipped.append({"slide": source.path, "error": result})
     except BrokenProcessPool:
-        raise camelyon.SlideError(
-            f"a worker process died while planning the {desc} (killed, perhaps out of "
-            "memory); the slides planned so far are cached: re-run the same command to resume "
-            "(fewer --workers need less memory)") from None
+        raise camelyon.SlideError(worker_died(
+            f"planning the {desc}", "the slides planned so far are cached")) from None
     finally:
         results.close()
     return plans

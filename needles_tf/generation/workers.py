@@ -15,6 +15,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 AHEAD_PER_WORKER = 4  # tasks in flight per worker: enough to keep workers busy, little memory
 
 
+def worker_died(doing: str, kept: str) -> str:
+    """The message for a BrokenProcessPool: what died doing what, what is kept, what to do."""
+    return (f"a worker process died while {doing} (killed, perhaps out of memory); {kept}: "
+            "re-run the same command to resume (fewer --workers need less memory)")
+
+
 def map_in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], workers: int,
                      initializer: Callable[..., None] | None = None,
                      initargs: Sequence[Any] = ()) -> Iterator[Any]:

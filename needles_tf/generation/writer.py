@@ -39,7 +39,7 @@ from needles_tf.data.metadata import (
     shard_name,
 )
 from needles_tf.data.schema import SCHEMA_VERSION
-from needles_tf.generation.workers import map_in_processes
+from needles_tf.generation.workers import map_in_processes, worker_died
 
 
 def shard_counts(split_sizes: Mapping[str, int],
@@ -203,10 +203,8 @@ def _next_chunk(results: Iterator, output_dir: str, file: str) -> list[tuple[byt
     try:
         return next(results)
     except BrokenProcessPool:
-        raise DatasetError(
-            f"{output_dir}: a worker process died while making {file} (killed, perhaps out of "
-            "memory); the shards finished so far are kept: re-run the same command to resume "
-            "(fewer --workers need less memory)") from None
+        raise DatasetError(f"{output_dir}: " + worker_died(
+            f"making {file}", "the shards finished so far are kept")) from None
 
 
 def _describe_difference(old: Any, new: Mapping) -> str:
