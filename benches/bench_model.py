@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from needles_tf.models import RF_PRESETS, build_classifier
+from needles_tf.models.bagnet import STAGE_BLOCKS
 
 
 def conv_flops(model: keras.Model, height: int, width: int, channels: int) -> float:
@@ -53,9 +54,10 @@ def peak_memory_mib() -> float:
 
 
 def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: str,
-          jit: bool, peak_tflops: float | None, normalization: bool = True) -> str:
+          jit: bool, peak_tflops: float | None, normalization: bool = True,
+          blocks: tuple[int, ...] = STAGE_BLOCKS) -> str:
     model = build_classifier(1, receptive_field=rf, width_scale=scale, pooling=pooling,
-                             normalization=normalization)
+                             normalization=normalization, blocks=blocks)
     model.compile(
         optimizer=keras.optimizers.RMSprop(5e-5, rho=0.99, epsilon=1e-5),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -72,7 +74,8 @@ def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: s
     float(np.asarray(loss if np.ndim(loss) == 0 else loss[0]))  # wait for the device
     elapsed = time.perf_counter() - start
     rate = batch * steps / elapsed
-    line = (f"canvas {canvas:5d}  rf {rf:3d}  s {scale:<5g} batch {batch:3d}  "
+    line = (f"canvas {canvas:5d}  rf {rf:3d}  s {scale:<5g} blocks {''.join(map(str, blocks))}"
+            f"  batch {batch:3d}  "
             f"{rate:8.1f} images/s  peak {peak_memory_mib():8.0f} MiB")
     if peak_tflops:
         achieved = 3 * conv_flops(model, canvas, canvas, 1) * rate / 1e12
@@ -93,6 +96,7 @@ def main() -> None:
                         help="float32 | mixed_float16 | mixed_bfloat16")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--no_norm", action="store_true", help="no instance normalisation")
+    parser.add_argument("--blocks", default="3,4,6,3", help="bottleneck blocks per stage")
     parser.add_argument("--peak_tflops", type=float, help="device peak, for model FLOP utilisation")
     args = parser.parse_args()
 

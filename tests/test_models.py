@@ -34,11 +34,15 @@ def test_computed_receptive_field(k3, expected):
     assert receptive_field(k3) == expected
 
 
-@pytest.mark.parametrize(
-    "k3", [(1, 1, 0, 0), (1, 1, 1, 1), (3, 4, 6, 3), (2, 0, 0, 0), (0, 1, 2, 1)])
-def test_measured_receptive_field_equals_computed(k3):
-    """Input-gradient support of one embedding location, with normalisation off."""
-    model = build_classifier(1, k3=k3, normalization=False, **TINY)
+@pytest.mark.parametrize("k3, blocks", [
+    ((1, 1, 0, 0), bagnet.STAGE_BLOCKS), ((1, 1, 1, 1), bagnet.STAGE_BLOCKS),
+    ((3, 4, 6, 3), bagnet.STAGE_BLOCKS), ((2, 0, 0, 0), bagnet.STAGE_BLOCKS),
+    ((0, 1, 2, 1), bagnet.STAGE_BLOCKS), ((1, 1, 1, 1), (1, 1, 1, 1)), ((0, 1, 2, 1), (1, 2, 3, 2)),
+])
+def test_measured_receptive_field_equals_computed(k3, blocks):
+    """Input-gradient support of one embedding location, with normalisation off; a shallower
+    encoder (fewer blocks per stage) has the same receptive field."""
+    model = build_classifier(1, k3=k3, normalization=False, blocks=blocks, **TINY)
     # Positive weights and inputs keep every ReLU open, so the gradient is non-zero wherever the
     # location depends on the input; normalising each filter to sum 1 keeps activations finite.
     for weight in model.trainable_weights:
@@ -159,7 +163,30 @@ def test_mean_of_evidence_map_equals_mean_pooled_logits():
                                keras.ops.convert_to_numpy(outputs["logits"]), rtol=1e-4, atol=1e-5)
 
 
+def test_fewer_blocks_keep_sizes_and_are_recognised_after_saving(tmp_path):
+    """Depth changes neither the embedding's size nor the smallest input; a saved shallow model
+    is still read as a BagNet with its k3 (evaluation and export rely on that)."""
+    deep = build_classifier(1, receptive_field=33, **TINY)
+    shallow = build_classifier(1, receptive_field=33, blocks=(1, 1, 1, 1), **TINY)
+    assert shallow.name == "bagnet_b1111_k1111_s0.0625_max"
+    assert deep.name == "bagnet_k1111_s0.0625_max"
+    assert shallow.count_params() < deep.count_params() / 2
+    for size in (models.min_input_size((1, 1, 1, 1)), 50, 64):
+        shape = (1, size, size + 3, 1)
+        assert (build_evidence_model(shallow).compute_output_shape(shape)["evidence_map"]
+                == build_evidence_model(deep).compute_output_shape(shape)["evidence_map"])
+    path = tmp_path / "shallow.keras"
+    shallow.save(path)
+    loaded = keras.saving.load_model(path)
+    assert models.classifier_k3(loaded) == (1, 1, 1, 1)
+    assert models.min_image_size(loaded) == models.min_image_size(deep)
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(receptive_field=33, blocks=(1, 0, 1, 1)), "blocks must be four positive integers"),
+    (dict(receptive_field=33, blocks=(1, 1, 1)), "blocks must be four positive integers"),
+    (dict(receptive_field=177, blocks=(1, 1, 1, 1)),
+     r"each between 0 and its stage's block count \(1, 1, 1, 1\)"),
     (dict(receptive_field=17), "receptive_field must be one of"),
     (dict(k3=(1, 1, 1)), "k3 must be four integers"),
     (dict(k3=(4, 0, 0, 0)), "k3 must be four integers"),

@@ -126,6 +126,23 @@ def test_init_from_starts_at_another_runs_best_model(data_dir, finished_run, tmp
                      init_from=str(source_dir)), verbose=0)
 
 
+def test_runs_from_before_blocks_are_the_same_run_and_depth_is_a_setting(finished_run, tmp_path):
+    """A config.json written before --blocks existed means ResNet-50's depth; another depth
+    is another run."""
+    source_dir, summary = finished_run
+    saved = run_dir.read_json(os.path.join(source_dir, run_dir.CONFIG))
+    model_dir = tmp_path / "old"
+    model_dir.mkdir()
+    del saved["blocks"]
+    saved["model_dir"] = str(model_dir)
+    for name, content in ((run_dir.CONFIG, saved), (run_dir.SUMMARY, summary)):
+        (model_dir / name).write_text(json.dumps(content))
+    same = TrainConfig(**saved)
+    assert train(same, verbose=0) == summary  # finished: returned, not trained again
+    with pytest.raises(TrainingError, match=r"blocks: \[3, 4, 6, 3\] -> \[1, 1, 1, 1\]"):
+        train(TrainConfig(**{**saved, "blocks": (1, 1, 1, 1)}), verbose=0)
+
+
 class PoisonWeights(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 1:

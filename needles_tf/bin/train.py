@@ -22,6 +22,8 @@ flags.DEFINE_string("model_dir", None, "Run directory (created; re-use resumes t
 flags.DEFINE_integer("receptive_field", 33, "Receptive field preset: 9, 33 or 177.")
 flags.DEFINE_list("k3", None, "3x3 blocks per stage, e.g. 1,1,1,1 (overrides "
                   "--receptive_field).")
+flags.DEFINE_list("blocks", ["3", "4", "6", "3"], "Bottleneck blocks per stage: ResNet-50's "
+                  "3,4,6,3 (the paper's); fewer keep the receptive field at less compute.")
 flags.DEFINE_float("width_scale", 1.0, "Capacity scale s (width 64*s).", lower_bound=0)
 flags.DEFINE_enum("pooling", "max", ["max", "mean", "logsumexp", "attention"], "Global pooling.")
 flags.DEFINE_boolean("normalization", True, "Instance normalisation in the encoder.")
@@ -71,7 +73,8 @@ def main(argv):
     config = TrainConfig(
         data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir,
         receptive_field=None if FLAGS.k3 else FLAGS.receptive_field,
-        k3=common.int_list("k3", FLAGS.k3), width_scale=FLAGS.width_scale,
+        k3=common.int_list("k3", FLAGS.k3), blocks=common.int_list("blocks", FLAGS.blocks),
+        width_scale=FLAGS.width_scale,
         pooling=FLAGS.pooling, normalization=FLAGS.normalization, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, micro_batch_size=FLAGS.micro_batch_size,
         learning_rate=FLAGS.learning_rate,

@@ -13,22 +13,32 @@ from keras import layers
 
 from needles_tf.models.normalization import InstanceNormalization
 
-STAGE_BLOCKS = (3, 4, 6, 3)
+STAGE_BLOCKS = (3, 4, 6, 3)  # ResNet-50's, the paper's
 STAGE_STRIDES = (2, 2, 2, 1)
 STAGE_PLANES = (1, 2, 4, 8)
 EXPANSION = 4
 RF_PRESETS = {9: (1, 1, 0, 0), 33: (1, 1, 1, 1), 177: (3, 4, 6, 3)}
 
 
-def check_k3(k3: Sequence[int]) -> tuple[int, ...]:
+def check_blocks(blocks: Sequence[int]) -> tuple[int, ...]:
+    """Validates the residual blocks per stage: four positive counts (ResNet-50: 3, 4, 6, 3)."""
+    blocks = tuple(blocks)
+    if len(blocks) != len(STAGE_BLOCKS) or not all(isinstance(n, int) and n >= 1
+                                                  for n in blocks):
+        raise ValueError(f"blocks must be four positive integers, blocks per stage "
+                         f"(ResNet-50: {','.join(map(str, STAGE_BLOCKS))}); got {blocks}")
+    return blocks
+
+
+def check_k3(k3: Sequence[int], blocks: Sequence[int] = STAGE_BLOCKS) -> tuple[int, ...]:
     """Validates a 3x3-block tuple: four counts, each between 0 and its stage's block count."""
-    k3 = tuple(k3)
-    if len(k3) != len(STAGE_BLOCKS) or not all(
-        isinstance(n, int) and 0 <= n <= blocks for n, blocks in zip(k3, STAGE_BLOCKS)
+    k3, blocks = tuple(k3), check_blocks(blocks)
+    if len(k3) != len(blocks) or not all(
+        isinstance(n, int) and 0 <= n <= stage_blocks for n, stage_blocks in zip(k3, blocks)
     ):
         raise ValueError(
             f"k3 must be four integers, each between 0 and its stage's block count "
-            f"{STAGE_BLOCKS}; got {k3}"
+            f"{blocks}; got {k3}"
         )
     return k3
 
@@ -48,25 +58,30 @@ def resolve_k3(receptive_field: int | None = None,
     return RF_PRESETS[receptive_field]
 
 
-def _block_kernels(k3: Sequence[int]):
-    """(stage, block, kernel, stride) for every bottleneck block, in order."""
-    for stage, (n3, blocks, stride) in enumerate(zip(k3, STAGE_BLOCKS, STAGE_STRIDES)):
-        for block in range(blocks):
+def _block_kernels(k3: Sequence[int], blocks: Sequence[int] | None = None):
+    """(stage, block, kernel, stride) for every bottleneck block, in order. Without `blocks`,
+    the fewest blocks that hold `k3`: blocks past a stage's first that use 1x1 change neither
+    the receptive field nor the output size, so that layout has the same of both."""
+    if blocks is None:
+        blocks = tuple(max(n3, 1) for n3 in check_k3(k3))
+    for stage, (n3, count, stride) in enumerate(zip(check_k3(k3, blocks), blocks,
+                                                   STAGE_STRIDES)):
+        for block in range(count):
             yield stage, block, 3 if block < n3 else 1, stride if block == 0 else 1
 
 
 def receptive_field(k3: Sequence[int]) -> int:
     """Receptive field in input pixels of one embedding location (stem 3x3, then each 3x3 block)."""
     rf, jump = 3, 1  # after the stem: 1x1 then 3x3 convolution at stride 1
-    for _, _, kernel, stride in _block_kernels(check_k3(k3)):
+    for _, _, kernel, stride in _block_kernels(k3):
         rf += (kernel - 1) * jump
         jump *= stride
     return rf
 
 
 def min_input_size(k3: Sequence[int]) -> int:
-    """Smallest input height / width that still gives a 1x1 embedding."""
-    blocks = list(_block_kernels(check_k3(k3)))
+    """Smallest input height / width that still gives a 1x1 embedding (any block counts)."""
+    blocks = list(_block_kernels(k3))
 
     def embedding_size(size: int) -> int:
         size -= 2  # the stem's unpadded 3x3 convolution
@@ -126,9 +141,14 @@ def bottleneck(x, planes: int, stride: int, kernel: int, normalization: bool, na
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([out, shortcut]))
 
 
-def bagnet_encoder(inputs, k3: Sequence[int], width_scale: float = 1.0, normalization: bool = True):
-    """The topological embedding [B, h, w, 2048 * width_scale] of `inputs` [B, H, W, C]."""
-    k3 = check_k3(k3)
+def bagnet_encoder(inputs, k3: Sequence[int], width_scale: float = 1.0,
+                   normalization: bool = True, blocks: Sequence[int] = STAGE_BLOCKS):
+    """The topological embedding [B, h, w, 2048 * width_scale] of `inputs` [B, H, W, C].
+
+    `blocks` (bottleneck blocks per stage) sets the depth: the paper's ResNet-50 layout by
+    default; fewer blocks keep the receptive field (set by `k3`) at a fraction of the compute.
+    """
+    k3 = check_k3(k3, blocks)
     width = 64 * width_scale
     if width_scale <= 0 or abs(width - round(width)) > 1e-6 or round(width) < 1:
         raise ValueError(
@@ -140,7 +160,7 @@ def bagnet_encoder(inputs, k3: Sequence[int], width_scale: float = 1.0, normaliz
     x = _conv(width, 1, name="stem_conv1")(inputs)
     x = _conv(width, 3, name="stem_conv2")(x)
     x = layers.ReLU(name="stem_relu")(_norm(normalization, "stem_norm")(x))
-    for stage, block, kernel, stride in _block_kernels(k3):
+    for stage, block, kernel, stride in _block_kernels(k3, blocks):
         x = bottleneck(x, width * STAGE_PLANES[stage], stride, kernel, normalization,
                        name=f"stage{stage + 1}_block{block + 1}")
     return layers.Identity(name="embedding")(x)

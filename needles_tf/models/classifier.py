@@ -5,7 +5,13 @@ from typing import Sequence
 import keras
 from keras import layers, ops
 
-from needles_tf.models.bagnet import STAGE_BLOCKS, bagnet_encoder, min_input_size, resolve_k3
+from needles_tf.models.bagnet import (
+    STAGE_BLOCKS,
+    bagnet_encoder,
+    check_k3,
+    min_input_size,
+    resolve_k3,
+)
 from needles_tf.models.dtypes import wide_dtype
 from needles_tf.models.pooling import global_pooling
 
@@ -46,24 +52,29 @@ def build_classifier(
     pooling: str = "max",
     num_classes: int = 2,
     normalization: bool = True,
+    blocks: Sequence[int] = STAGE_BLOCKS,
 ) -> keras.Model:
     """A BagNet classifier for images [B, H, W, channels] of any H, W, returning logits.
 
     Give either `receptive_field` (9, 33 or 177) or `k3`; with neither, RF 33 is used.
+    `blocks`: bottleneck blocks per stage (default ResNet-50's 3, 4, 6, 3, the paper's).
     Layers named "embedding", "pooling" and "logits" give access to the parts.
     """
     if receptive_field is None and k3 is None:
         receptive_field = 33
     k3 = resolve_k3(receptive_field, k3)
+    blocks = tuple(blocks)
+    check_k3(k3, blocks)  # before any layer is built, as the pooling check
     pool = global_pooling(pooling)  # validates `pooling` before any layer is built
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be a positive integer; got {channels!r}")
 
     inputs = keras.Input((None, None, channels), name="image")
     x = MinimumSize(min_input_size(k3), name="check_size")(inputs)
-    embedding = bagnet_encoder(x, k3, width_scale, normalization)
+    embedding = bagnet_encoder(x, k3, width_scale, normalization, blocks)
     logits = layers.Dense(num_classes, name="logits", dtype=wide_dtype())(pool(embedding))
-    name = f"bagnet_k{''.join(map(str, k3))}_s{width_scale:g}_{pooling}"
+    depth = "" if blocks == STAGE_BLOCKS else f"b{''.join(map(str, blocks))}_"
+    name = f"bagnet_{depth}k{''.join(map(str, k3))}_s{width_scale:g}_{pooling}"
     return keras.Model(inputs, logits, name=name)
 
 
@@ -81,22 +92,23 @@ def build_evidence_model(classifier: keras.Model) -> keras.Model:
 
 
 def classifier_k3(model: keras.Model) -> tuple[int, ...]:
-    """The 3x3-block tuple of a classifier built by `build_classifier` (saved or not).
+    """The 3x3-block tuple of a classifier built by `build_classifier` (saved or not; any
+    depth).
 
     Raises:
         ValueError: the model has no BagNet blocks.
     """
+    names = {layer.name for layer in model.layers}
     k3 = []
-    for stage, blocks in enumerate(STAGE_BLOCKS):
+    for stage in range(1, len(STAGE_BLOCKS) + 1):
         kernels = []
-        for block in range(blocks):
-            try:
-                layer = model.get_layer(f"stage{stage + 1}_block{block + 1}_conv2")
-            except ValueError:
-                raise ValueError(f"model {model.name!r} is not a BagNet classifier "
-                                 "(needles_tf.models.build_classifier)") from None
-            kernels.append(layer.kernel_size[0])
-        k3.append(sum(k == 3 for k in kernels))
+        while f"stage{stage}_block{len(kernels) + 1}_conv2" in names:
+            kernels.append(model.get_layer(f"stage{stage}_block{len(kernels) + 1}_conv2")
+                           .kernel_size[0])
+        if not kernels:
+            raise ValueError(f"model {model.name!r} is not a BagNet classifier "
+                             "(needles_tf.models.build_classifier)")
+        k3.append(kernels.count(3))
     return tuple(k3)
 
 

@@ -21,7 +21,7 @@ from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.input import dataset_info, make_dataset
 from needles_tf.input.order import selection_counts
 from needles_tf.models import build_classifier, min_input_size
-from needles_tf.models.bagnet import resolve_k3
+from needles_tf.models.bagnet import STAGE_BLOCKS, resolve_k3
 from needles_tf.training import callbacks as cb
 from needles_tf.training import devices
 from needles_tf.training.optimizers import make_optimizer
@@ -43,6 +43,7 @@ class TrainConfig:
     model_dir: str
     receptive_field: int | None = 33
     k3: Sequence[int] | None = None
+    blocks: Sequence[int] = STAGE_BLOCKS
     width_scale: float = 1.0
     pooling: str = "max"
     normalization: bool = True
@@ -68,6 +69,7 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["k3"] = list(resolve_k3(self.receptive_field if self.k3 is None else None, self.k3))
+        d["blocks"] = list(self.blocks)
         d["lr_milestones"] = list(self.lr_milestones)
         d["data_dir"] = os.path.abspath(self.data_dir)
         d["model_dir"] = os.path.abspath(self.model_dir)
@@ -88,7 +90,7 @@ def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
         if overwrite:
             run_dir.remove_run(config.model_dir)
         return False
-    saved = run_dir.read_json(path)
+    saved = {"blocks": list(STAGE_BLOCKS), **run_dir.read_json(path)}  # runs before --blocks
     current = config.to_json()
     changed = {k: (saved.get(k), v) for k, v in current.items()
                if k not in RUNTIME_SETTINGS and saved.get(k) != v}
@@ -195,7 +197,7 @@ def _train(config: TrainConfig, verbose: int | str,
     with strategy.scope():
         model = build_classifier(info["channels"], config.receptive_field, config.k3,
                                  config.width_scale, config.pooling,
-                                 normalization=config.normalization)
+                                 normalization=config.normalization, blocks=config.blocks)
         model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate,
                                                accumulation),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -261,7 +263,7 @@ def _warm_start(model: keras.Model, run: str) -> None:
         raise TrainingError(
             f"init_from {run!r}: its model {source.name} ({source.count_params()} parameters) "
             f"does not match this run's {model.name} ({model.count_params()} parameters); "
-            "use the same receptive field, width, pooling, normalisation and channels")
+            "use the same receptive field, blocks, width, pooling, normalisation and channels")
     model.set_weights(source.get_weights())
 
 
