@@ -163,12 +163,17 @@ def test_predict_files_of_every_format(run, serving, tmp_path):
         assert record["probability"] == pytest.approx(probability, abs=1e-5)
         assert record["label"] == int(record["probability"] > 0.5)
         assert (record["height"], record["width"]) == image.shape[:2]
-        with Image.open(record["heatmap"]) as heatmap:
-            assert heatmap.mode == "RGB" and heatmap.size == (image.shape[1], image.shape[0])
-            pixels = np.asarray(heatmap)
-        grey = (pixels[..., 0] == pixels[..., 1]) & (pixels[..., 1] == pixels[..., 2])
-        assert not grey.all()  # the evidence tints the (grey or grey-converted) image
-    assert sorted(os.listdir(heatmaps)) == sorted(f"{name}.heatmap.png" for name in expected)
+        with Image.open(record["heatmap"]) as heatmap:  # enlarged, with a colour bar
+            assert heatmap.height > 2 * image.shape[0] and heatmap.width > 2 * image.shape[1]
+            pixels = np.asarray(heatmap.convert("RGB")).astype(int)
+        saturated = np.abs(pixels - pixels.mean(axis=-1, keepdims=True)).max(axis=-1) > 30
+        assert saturated.sum() > 1000  # the evidence tints the (grey or grey-converted) image
+        outputs = build_evidence_model(model)(image[None].astype(np.float32))
+        evidence = np.asarray(outputs["evidence_map"])[0]
+        np.testing.assert_allclose(np.load(record["evidence_map"]),
+                                   evidence[..., 1] - evidence[..., 0], atol=1e-4)
+    assert sorted(os.listdir(heatmaps)) == sorted(
+        f"{name}.heatmap.{ext}" for name in expected for ext in ("png", "npy"))
     json.dumps(records)
 
 
@@ -222,7 +227,8 @@ def test_a_bad_file_is_skipped_in_a_batch_and_strict_stops(serving, tmp_path):
                                  on_error=lambda path, message: errors.append(path)))
     assert [r["file"] for r in records] == [str(good[0]), str(good[1])]
     assert errors == [str(bad)]
-    assert sorted(os.listdir(tmp_path / "maps")) == ["x.npy.1.heatmap.png", "x.npy.heatmap.png"]
+    assert sorted(os.listdir(tmp_path / "maps")) == [
+        "x.npy.1.heatmap.npy", "x.npy.1.heatmap.png", "x.npy.heatmap.npy", "x.npy.heatmap.png"]
 
     done = []
     with pytest.raises(PredictError, match="bad.npy"):
@@ -277,7 +283,7 @@ def test_binaries(run, saved_model, tmp_path):
 
     lines = output.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["file"] == str(good)
-    assert os.listdir(tmp_path / "maps") == ["good.npy.heatmap.png"]
+    assert sorted(os.listdir(tmp_path / "maps")) == ["good.npy.heatmap.npy", "good.npy.heatmap.png"]
 
 
 def test_an_inference_failure_names_its_cause_not_the_graph_boilerplate(serving, tmp_path,

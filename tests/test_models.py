@@ -51,6 +51,7 @@ def test_measured_receptive_field_equals_computed(k3, blocks):
                                                keepdims=True))
     encoder = keras.Model(model.input, model.get_layer("embedding").output)
     size = 224
+    h, w = 13, 12  # a location whose receptive field lies inside the image
 
     # Inside tf.function: eager conv2d_backprop_filter segfaults in TF 2.21's oneDNN CPU build.
     @tf.function
@@ -58,7 +59,6 @@ def test_measured_receptive_field_equals_computed(k3, blocks):
         with tf.GradientTape() as tape:
             tape.watch(image)
             embedding = encoder(image)
-            h, w = embedding.shape[1] // 2, embedding.shape[2] // 2
             value = tf.reduce_sum(embedding[0, h, w])
         return tape.gradient(value, image)
 
@@ -68,6 +68,9 @@ def test_measured_receptive_field_equals_computed(k3, blocks):
     assert 0 < rows[0] and rows[-1] < size - 1, "receptive field must lie inside the image"
     assert rows[-1] - rows[0] + 1 == receptive_field(k3)
     assert cols[-1] - cols[0] + 1 == receptive_field(k3)
+    # centred where heatmaps place it (needles_tf.heatmaps)
+    centre = bagnet.EMBEDDING_OFFSET + bagnet.EMBEDDING_STRIDE * np.array([h, w])
+    assert (rows[0] + rows[-1]) / 2 == centre[0] and (cols[0] + cols[-1]) / 2 == centre[1]
 
 
 def test_poolings_match_numpy():

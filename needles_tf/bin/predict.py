@@ -2,7 +2,8 @@
 
   needles-predict --saved_model=runs/demo/saved_model --heatmap_dir=heatmaps a.png b.tif c.npy
 
-Prints one JSON line per image ({file, probability, label, height, width[, heatmap]}), or writes
+Prints one JSON line per image ({file, probability, label, height, width[, heatmap,
+evidence_map]}), or writes
 them to --output. A file that cannot be used is reported on stderr and skipped (the exit status
 is then 1); --strict stops at the first one instead. Grey images are repeated to RGB for RGB
 models, RGB images averaged to grey for grey models.
@@ -19,7 +20,9 @@ from needles_tf.bin import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "SavedModel directory written by needles-export.")
 flags.DEFINE_string("heatmap_dir", None, "If set, write <file name>.heatmap.png per image: the "
-                    "evidence map (red: needle, blue: none) over the image.")
+                    "evidence map (red: needle, blue: none) over the image, enlarged when "
+                    "small, with a colour bar and the probability; and the raw map [h, w] as "
+                    "<file name>.heatmap.npy.")
 flags.DEFINE_string("output", None, "JSON lines file; default stdout.")
 flags.DEFINE_boolean("strict", False, "Stop at the first file that cannot be used.")
 

@@ -18,6 +18,11 @@ STAGE_STRIDES = (2, 2, 2, 1)
 STAGE_PLANES = (1, 2, 4, 8)
 EXPANSION = 4
 RF_PRESETS = {9: (1, 1, 0, 0), 33: (1, 1, 1, 1), 177: (3, 4, 6, 3)}
+# Embedding location i is centred on input pixel EMBEDDING_OFFSET + EMBEDDING_STRIDE * i (rows and
+# columns alike): the stem's unpadded 3x3 shifts centres by one pixel, every later convolution is
+# padded symmetrically (centres stay) and the strided ones multiply positions.
+EMBEDDING_STRIDE = 8  # the product of STAGE_STRIDES
+EMBEDDING_OFFSET = 1
 
 
 def check_blocks(blocks: Sequence[int]) -> tuple[int, ...]:

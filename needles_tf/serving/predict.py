@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from needles_tf.heatmaps import write_heatmap
 from needles_tf.serving.export import INPUT, MIN_SIZE_COLLECTION, SIGNATURE
-from needles_tf.serving.heatmap import write_heatmap
 from needles_tf.serving.images import ImageError, fit_channels, read_image
 
 THRESHOLD = 0.5  # label 1 when the needle probability is above it (as in the metrics)
@@ -78,7 +78,8 @@ def predict_image(model: ServingModel, image: np.ndarray) -> tuple[float, np.nda
 def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None) -> dict[str, Any]:
     """{file, probability, label, height, width[, heatmap]} for one image file.
 
-    With `heatmap_path`, also writes the evidence heatmap PNG there (the image's size).
+    With `heatmap_path`, also writes the evidence heatmap PNG there and the raw evidence map
+    [h, w] beside it as .npy (record keys "heatmap", "evidence_map").
     Raises PredictError naming the file when it cannot be read or does not fit the model.
     """
     try:
@@ -94,7 +95,7 @@ def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None
     record = {"file": path, "probability": probability, "label": int(probability > THRESHOLD),
               "height": int(image.shape[0]), "width": int(image.shape[1])}
     if heatmap_path:
-        write_heatmap(heatmap_path, image, evidence)
+        record["evidence_map"] = write_heatmap(heatmap_path, image, evidence, probability)
         record["heatmap"] = heatmap_path
     return record
 
