@@ -7,6 +7,7 @@ import csv
 import glob
 import math
 import os
+import threading
 import time
 from typing import Any
 
@@ -37,6 +38,24 @@ class NanGuard(keras.callbacks.Callback):
         if not _finite_loss(logs) and self.diverged_at is None:
             self.diverged_at = self._epoch
             self.model.stop_training = True
+
+
+class StopWhenSet(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the end of the batch during which `flag` got set.
+
+    A Ctrl-C handler that sets the flag (needles-train's) stops training even when its
+    KeyboardInterrupt is lost: raised while Python runs a garbage-collection callback (JAX
+    installs one where it is installed), the exception is reported and dropped, and training
+    would go on.
+    """
+
+    def __init__(self, flag: threading.Event):
+        super().__init__()
+        self.flag = flag
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.flag.is_set():
+            raise KeyboardInterrupt
 
 
 class EpochTimer(keras.callbacks.Callback):
