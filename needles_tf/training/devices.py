@@ -18,6 +18,8 @@ def num_gpus() -> int:
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """auto: MirroredStrategy over several local GPUs, else the default strategy.
 
+    mirrored: over every local GPU, else over every logical CPU device (one unless configured
+    with tf.config.set_logical_device_configuration, as the tests do to run two replicas).
     multi_worker reads the cluster from TF_CONFIG (one process per host).
     """
     if name == "auto":
@@ -25,7 +27,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        if num_gpus():
+            return tf.distribute.MirroredStrategy()
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in cpus])
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("strategy=multi_worker needs the cluster in the TF_CONFIG "
