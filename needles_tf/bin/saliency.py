@@ -27,6 +27,7 @@ flags.DEFINE_integer("num_images", 16, "Images drawn per outcome (0: no figures)
                      lower_bound=0)
 flags.DEFINE_integer("batch_size", 32, "Images per batch.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the choice of images drawn.")
+flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr.")
 flags.DEFINE_string("output_dir", None, "Where detection.json and the figures go; default "
                     "<model_dir>/saliency_<split>_<name of --data_dir>.")
 
@@ -64,7 +65,7 @@ def main(argv):
 
         model = run_dir.load_best_model(FLAGS.model_dir)
         scores, examples = localise(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size,
-                                    FLAGS.num_images, FLAGS.seed)
+                                    FLAGS.num_images, FLAGS.seed, FLAGS.progress)
     except (run_dir.RunDirError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"{PROG}: error: {e}")
     print(_table(scores), flush=True)  # before writing: the scores are seen even if that fails

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from needles_tf.evaluation import localisation
 from needles_tf.heatmaps import place_evidence
@@ -64,8 +65,10 @@ def _outcome(label: int, probability: float) -> str:
 
 
 def localise(model: keras.Model, data_dir: str, split: str, batch_size: int = 32,
-             num_examples: int = 16, seed: int = 0) -> tuple[dict[str, Any], dict[str, list]]:
-    """Scores where `model` looks on one split of a dataset directory.
+             num_examples: int = 16, seed: int = 0,
+             progress: bool = False) -> tuple[dict[str, Any], dict[str, list]]:
+    """Scores where `model` looks on one split of a dataset directory (`progress`: a bar on
+    stderr).
 
     Returns:
         (scores, examples): scores holds, per map, the detection AP and pointing accuracy,
@@ -78,12 +81,14 @@ def localise(model: keras.Model, data_dir: str, split: str, batch_size: int = 32
     """
     function = map_function(model)
     rng = np.random.default_rng(seed)
-    labels, probabilities, fractions = [], [], []
+    labels, fractions = [], []
     confidences = {name: [] for name in MAPS}
     hits = {name: [] for name in MAPS}
     examples = {outcome: [] for outcome in OUTCOMES}
     seen = dict.fromkeys(OUTCOMES, 0)
-    for images, batch_labels, regions in object_dataset(data_dir, split, batch_size):
+    batches = object_dataset(data_dir, split, batch_size)
+    for images, batch_labels, regions in tqdm(batches, total=len(batches), disable=not progress,
+                                              desc=f"{split} maps", unit="batch"):
         batch_probabilities, saliency, evidence = (t.numpy() for t in function(images))
         height, width = regions.shape[1:]
         for i, (label, probability, region) in enumerate(zip(
@@ -95,7 +100,6 @@ def localise(model: keras.Model, data_dir: str, split: str, batch_size: int = 32
                 confidences[name].append(value)
                 hits[name].append(bool(region[row, col]))
             labels.append(int(label))
-            probabilities.append(float(probability))
             fractions.append(region.mean())
             outcome = _outcome(int(label), float(probability))
             seen[outcome] += 1

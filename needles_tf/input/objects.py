@@ -35,7 +35,7 @@ def _region(decoded: dict, height: int, width: int) -> tf.Tensor:
 
 def object_dataset(data_dir: str, split: str, batch_size: int) -> tf.data.Dataset:
     """Batches of (image float32 [B, H, W, C] in [0, 1], label int32 [B], region bool [B, H, W])
-    of one split in file order; a negative image's region is empty.
+    of one split in file order (a known number of them); a negative image's region is empty.
 
     Raises:
         metadata.DatasetError: missing or corrupt dataset files, no such split, or images of
@@ -56,6 +56,7 @@ def object_dataset(data_dir: str, split: str, batch_size: int) -> tf.data.Datase
         pixels, label = parser.parse(decoded)
         return tf.cast(pixels, tf.float32) / 255.0, label, _region(decoded, height, width)
 
-    ds = tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=AUTOTUNE,
-                                            deterministic=True)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    count = metadata.split_metadata(meta, split, data_dir)["count"]
+    ds = tf.data.TFRecordDataset(paths).apply(tf.data.experimental.assert_cardinality(count))
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)  # len() gives the batches
