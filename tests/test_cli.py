@@ -19,7 +19,8 @@ SCRIPTS = os.path.dirname(sys.executable)  # run.sh installs the package into th
 
 @pytest.mark.parametrize("script, flag", [("needles-train", "--data_dir"),
                                           ("needles-make-nmnist", "--canvas_size"),
-                                          ("needles-predict", "--saved_model")])
+                                          ("needles-predict", "--saved_model"),
+                                          ("needles-saliency", "--num_images")])
 def test_installed_scripts_list_their_flags(script, flag):
     path = os.path.join(SCRIPTS, script)
     if not os.path.exists(path):
