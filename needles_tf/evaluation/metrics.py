@@ -7,10 +7,12 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+THRESHOLD = 0.5  # an image is predicted positive when its needle probability is above it
+
 
 def classification_metrics(labels: Sequence[int] | np.ndarray,
                            probabilities: Sequence[float] | np.ndarray,
-                           threshold: float = 0.5) -> dict[str, Any]:
+                           threshold: float = THRESHOLD) -> dict[str, Any]:
     """Accuracy, precision, recall, AUC, average precision and confusion matrix.
 
     An image is predicted positive when its needle probability is above `threshold` (at 0.5

@@ -18,9 +18,11 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from needles_tf.evaluation import localisation
+from needles_tf.evaluation.metrics import THRESHOLD
 from needles_tf.heatmaps import place_evidence
 from needles_tf.input.objects import object_dataset
 from needles_tf.models import build_evidence_model, check_binary, needle_probability
+from needles_tf.models.bagnet import EMBEDDING_OFFSET, EMBEDDING_STRIDE
 
 MAPS = ("saliency", "evidence")
 OUTCOMES = ("true_positive", "false_positive", "false_negative", "true_negative")
@@ -59,7 +61,7 @@ def map_function(model: keras.Model):
 
 
 def _outcome(label: int, probability: float) -> str:
-    if probability > 0.5:  # the metrics' threshold
+    if probability > THRESHOLD:
         return "true_positive" if label == 1 else "false_positive"
     return "false_negative" if label == 1 else "true_negative"
 
@@ -93,10 +95,13 @@ def localise(model: keras.Model, data_dir: str, split: str, batch_size: int = 32
         height, width = regions.shape[1:]
         for i, (label, probability, region) in enumerate(zip(
                 batch_labels.numpy(), batch_probabilities, regions.numpy())):
-            maps = {"saliency": saliency[i],
-                    "evidence": place_evidence(evidence[i], height, width)}
-            for name, heat in maps.items():
-                row, col, value = localisation.peak(heat)
+            # The placed evidence peaks at a location's centre (linear in between), so its
+            # peak comes from the small map; only a kept image's map is placed (image size).
+            row, col, value = localisation.peak(evidence[i])
+            peaks = {"saliency": localisation.peak(saliency[i]),
+                     "evidence": (EMBEDDING_OFFSET + EMBEDDING_STRIDE * row,
+                                  EMBEDDING_OFFSET + EMBEDDING_STRIDE * col, value)}
+            for name, (row, col, value) in peaks.items():
                 confidences[name].append(value)
                 hits[name].append(bool(region[row, col]))
             labels.append(int(label))
@@ -106,6 +111,8 @@ def localise(model: keras.Model, data_dir: str, split: str, batch_size: int = 32
             kept = examples[outcome]  # a reservoir: each image seen so far equally likely kept
             slot = len(kept) if len(kept) < num_examples else int(rng.integers(seen[outcome]))
             if slot < num_examples:  # appends at len(kept), else replaces
+                maps = {"saliency": saliency[i],
+                        "evidence": place_evidence(evidence[i], height, width)}
                 kept[slot:slot + 1] = [Example(images[i].numpy(), int(label),
                                                float(probability), region, maps)]
     if not labels:

@@ -67,10 +67,9 @@ def _block_kernels(k3: Sequence[int], blocks: Sequence[int] | None = None):
     """(stage, block, kernel, stride) for every bottleneck block, in order. Without `blocks`,
     the fewest blocks that hold `k3`: blocks past a stage's first that use 1x1 change neither
     the receptive field nor the output size, so that layout has the same of both."""
-    if blocks is None:
-        blocks = tuple(max(n3, 1) for n3 in check_k3(k3))
-    for stage, (n3, count, stride) in enumerate(zip(check_k3(k3, blocks), blocks,
-                                                   STAGE_STRIDES)):
+    k3 = check_k3(k3) if blocks is None else check_k3(k3, blocks)
+    blocks = tuple(max(n3, 1) for n3 in k3) if blocks is None else blocks
+    for stage, (n3, count, stride) in enumerate(zip(k3, blocks, STAGE_STRIDES)):
         for block in range(count):
             yield stage, block, 3 if block < n3 else 1, stride if block == 0 else 1
 
