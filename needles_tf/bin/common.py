@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import app, flags
@@ -11,6 +13,9 @@ from absl import logging as absl_logging
 
 from needles_tf import run_dir
 from needles_tf.bin import native_log
+
+# Set by Ctrl-C; long work checks it between steps (needles-train after every batch).
+INTERRUPTED = threading.Event()
 
 
 def no_arguments(argv: list[str]) -> None:
@@ -52,6 +57,36 @@ def _adopt_help(module_name: str) -> None:
         main_module.__doc__ = sys.modules[module_name].__doc__
 
 
+def _on_ctrl_c(signum, frame) -> None:
+    """Ctrl-C: sets INTERRUPTED and raises KeyboardInterrupt (as Python's own handler does)."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def _raise_again_later(unraisable) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt that Python had to drop is sent again.
+
+    Raised while a garbage-collection callback (JAX installs one wherever it is installed, and
+    TensorFlow imports JAX), a weakref callback or a __del__ runs, the KeyboardInterrupt is
+    printed and dropped, and the job would run on; here it is not printed, and the signal is
+    sent again a moment later, once that code has returned.
+    """
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        resend = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+        resend.daemon = True
+        resend.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def catch_ctrl_c() -> None:
+    """Makes every Ctrl-C interrupt the program and set INTERRUPTED, unless SIGINT is ignored
+    (a background job) or handled elsewhere."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_ctrl_c)
+        sys.unraisablehook = _raise_again_later
+
+
 def run(main: Callable[[list[str]], None], module_name: str) -> None:
     """Runs an absl binary: its flags in --help, quiet TensorFlow start-up, no INFO logs.
 
@@ -60,6 +95,7 @@ def run(main: Callable[[list[str]], None], module_name: str) -> None:
       module_name: the binary module's `__name__`.
     """
     _adopt_help(module_name)
+    catch_ctrl_c()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     def quiet_main(argv: list[str]) -> None:

@@ -7,9 +7,7 @@ Re-running the same command resumes an interrupted run from its last finished ep
 finished run is not trained again. Results: <model_dir>/summary.json, metrics.csv, logs/.
 """
 
-import signal
 import sys
-import threading
 
 from absl import flags
 
@@ -70,6 +68,7 @@ flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 def main(argv):
     common.no_arguments(argv)
+    from needles_tf.training.callbacks import StopWhenSet
     from needles_tf.training.trainer import TrainConfig, TrainingError, train
 
     config = TrainConfig(
@@ -90,7 +89,7 @@ def main(argv):
     verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:
         summary = train(config, verbose=verbose, overwrite=FLAGS.overwrite,
-                        extra_callbacks=_ctrl_c_stops_training())
+                        extra_callbacks=[StopWhenSet(common.INTERRUPTED)])
     except (TrainingError, ValueError, run_dir.RunDirError) as e:
         sys.exit(f"needles-train: error: {e}")
     except KeyboardInterrupt:
@@ -99,24 +98,6 @@ def main(argv):
               file=sys.stderr)
         sys.exit(130)
     print(result_line(FLAGS.model_dir, summary))
-
-
-def _ctrl_c_stops_training() -> list:
-    """Makes Ctrl-C also set a flag that training checks after every batch, so that a Ctrl-C
-    whose KeyboardInterrupt got lost still stops the run (callbacks.StopWhenSet). A SIGINT
-    that the shell set to be ignored (a background job) stays ignored."""
-    from needles_tf.training.callbacks import StopWhenSet
-
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return []
-    pressed = threading.Event()
-
-    def on_sigint(signum, frame):
-        pressed.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
-    return [StopWhenSet(pressed)]
 
 
 def result_line(model_dir: str, summary: dict) -> str:
