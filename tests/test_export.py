@@ -275,6 +275,7 @@ def test_binaries(run, saved_model, tmp_path):
         assert line.startswith(prefix) and message in line, (name, line)
     exported = finish(export)
     assert exported.returncode == 0, exported.stderr
+    assert "has not finished" in exported.stderr  # a best model, no summary: warned, exported
     assert not re.search(r"^I\d{4} ", exported.stderr, re.MULTILINE), exported.stderr  # no INFO
     assert f"SavedModel written to {run_copy / 'saved_model'}" in exported.stdout
     assert os.path.getmtime(run_copy / "saved_model" / "saved_model.pb") > stale

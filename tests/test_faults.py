@@ -1,17 +1,20 @@
 """Fault injection (issue 11): a full disk while generating and while checkpointing, and a
-generator killed with SIGKILL mid-dataset. Each gives one clear error (or none: a kill), leaves
-no half-written file that looks finished, and the same command then completes; generated shards
-are byte-identical to an uninterrupted run's."""
+generator and a training killed with SIGKILL midway. Each gives one clear error (or none: a
+kill), leaves no half-written file that looks finished, and the same command then completes:
+shards byte-identical to an uninterrupted generation's, histories to an uninterrupted run's."""
 
 import errno
 import os
+import pathlib
 import signal
+import subprocess
+import threading
 import time
 
 import keras
 import pytest
 import tensorflow as tf
-from tiny_runs import finish, start_binary, tiny_nmnist
+from tiny_runs import start_binary
 
 from needles_tf import run_dir
 from needles_tf.data import metadata
@@ -68,29 +71,11 @@ def test_a_full_disk_while_generating_is_one_error_and_a_rerun_completes(referen
     assert shard_bytes(out) == shard_bytes(reference)
 
 
-def test_a_generator_killed_mid_dataset_resumes_to_identical_shards(reference, tmp_path):
-    out = tmp_path / "data"
-    args = ("--canvas_size=32", "--num_clutter=0", "--train_duplicates=1", "--duplicates=1",
-            f"--output_dir={out}", "--workers=1", "--noprogress")
-    process = start_binary("make_nmnist", *args)
-    partial = out / metadata.PARTIAL_FILE
-    deadline = time.time() + 120
-    while not partial.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # after the first shard, in the middle of the rest
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    assert not (out / metadata.METADATA_FILE).exists()
-    result = finish(start_binary("make_nmnist", *args), timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert shard_bytes(out) == shard_bytes(reference)
-    assert not [name for name in os.listdir(out) if ".tmp-" in name]
-
-
 def test_a_full_disk_while_checkpointing_keeps_the_last_epoch_and_a_rerun_finishes(
-        tmp_path, monkeypatch):
-    data_dir = tiny_nmnist(str(tmp_path / "data"), 0, DUPLICATES)
-    config = TrainConfig(data_dir, str(tmp_path / "run"), receptive_field=9, width_scale=1 / 16,
+        reference, tmp_path, monkeypatch):
+    data_dir = reference  # read only
+    config = TrainConfig(data_dir, str(tmp_path / "run"), receptive_field=9, blocks=(1, 1, 1, 1),
+                         width_scale=1 / 16,
                          normalization=False, epochs=2, batch_size=32, train_size=64,
                          reference_size=0, optimizer="adam", learning_rate=1e-3,
                          lr_milestones=(), log_images=0)
@@ -115,30 +100,58 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_epoch_and_a_rerun_finish
     assert [row["epoch"] for row in history] == [1, 2]
 
 
-def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
-    data_dir = tiny_nmnist(str(tmp_path / "data"), 0, DUPLICATES)
-    settings = dict(receptive_field=9, width_scale=1 / 16, normalization=False, epochs=2,
+def kill_when_exists(process: subprocess.Popen, path: pathlib.Path) -> threading.Thread:
+    """Sends SIGKILL to `process` as soon as `path` exists (watched in a thread of its own)."""
+    def watch():
+        deadline = time.time() + 120
+        while not path.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher
+
+
+def test_a_killed_generator_and_a_killed_training_resume_to_uninterrupted_results(
+        reference, tmp_path, capsys):
+    """kill -9 of needles-make-nmnist after its first shard and of needles-train during epoch
+    2 (started together: their TensorFlow start-ups overlap), then the same work again: shards
+    byte-identical to an uninterrupted generation, the history to an uninterrupted run's."""
+    out = tmp_path / "data"
+    generator = start_binary("make_nmnist", "--canvas_size=32", "--num_clutter=0",
+                             "--train_duplicates=1", "--duplicates=1", f"--output_dir={out}",
+                             "--workers=1", "--noprogress")
+    settings = dict(receptive_field=9, blocks=(1, 1, 1, 1), width_scale=1 / 16,
+                    normalization=False, epochs=2,
                     batch_size=16, train_size=96, reference_size=0, optimizer="adam",
                     learning_rate=1e-3, lr_milestones=(), log_images=0, deterministic=True)
-    reference = TrainConfig(data_dir, str(tmp_path / "reference"), **settings)
-    train(reference, verbose=0)
-    flags = [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--receptive_field=9",
-             "--width_scale=0.0625", "--nonormalization", "--epochs=2", "--batch_size=16",
-             "--train_size=96", "--reference_size=0", "--optimizer=adam",
+    flags = [f"--data_dir={reference}", f"--model_dir={tmp_path / 'run'}", "--receptive_field=9",
+             "--blocks=1,1,1,1", "--width_scale=0.0625", "--nonormalization", "--epochs=2",
+             "--batch_size=16", "--train_size=96", "--reference_size=0", "--optimizer=adam",
              "--learning_rate=1e-3", "--lr_milestones=", "--log_images=0", "--deterministic"]
-    process = start_binary("train", *flags)
-    state = tmp_path / "run" / run_dir.CHECKPOINT_DIR / run_dir.CHECKPOINT_STATE
-    deadline = time.time() + 120
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)  # epoch 1 committed; epoch 2 under way
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    result = finish(start_binary("train", *flags), timeout=180)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "resuming at epoch 2 of 2" in result.stdout
+    trainer = start_binary("train", *flags)
+    watchers = [kill_when_exists(generator, out / metadata.PARTIAL_FILE),
+                kill_when_exists(trainer, tmp_path / "run" / run_dir.CHECKPOINT_DIR /
+                                 run_dir.CHECKPOINT_STATE)]  # epoch 1 committed
+    uninterrupted = TrainConfig(reference, str(tmp_path / "uninterrupted"), **settings)
+    train(uninterrupted, verbose=0)  # meanwhile
+    for watcher, process in zip(watchers, (generator, trainer)):
+        watcher.join()
+        process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL
+    assert not (out / metadata.METADATA_FILE).exists()
+
+    # the same commands' work, in this process (no second TensorFlow start)
+    nmnist.generate_nmnist(str(out), canvas_size=32, num_clutter=0, num_shards=8,
+                           progress=False, duplicates=DUPLICATES)
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert not [name for name in os.listdir(out) if ".tmp-" in name]
+    capsys.readouterr()
+    train(TrainConfig(reference, str(tmp_path / "run"), **settings), verbose=2)
+    assert "resuming at epoch 2 of 2" in capsys.readouterr().out
     ours, theirs = (cb.read_history(os.path.join(d, run_dir.METRICS))
-                    for d in (tmp_path / "run", reference.model_dir))
+                    for d in (tmp_path / "run", uninterrupted.model_dir))
     assert [row["epoch"] for row in ours] == [1, 2]
     for row, expected in zip(ours, theirs, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):

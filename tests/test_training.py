@@ -32,8 +32,8 @@ def data_dir(tmp_path_factory):
 
 
 def config(data_dir, model_dir, **overrides):
-    settings = dict(receptive_field=33, width_scale=1 / 8, epochs=4, batch_size=16,
-                    learning_rate=2e-3, lr_milestones=(3,), optimizer="adam", seed=3,
+    settings = dict(receptive_field=33, blocks=(1, 1, 1, 1), width_scale=1 / 8, epochs=4,
+                    batch_size=16, learning_rate=2e-3, lr_milestones=(3,), optimizer="adam", seed=3,
                     normalization=False, deterministic=True, log_images=4)
     return TrainConfig(str(data_dir), str(model_dir), **{**settings, **overrides})
 

@@ -24,7 +24,7 @@ def make_run_dir(path: pathlib.Path, channels: int = 1,
     `calibration_images`, the bias is set so that half of them are predicted positive.
     """
     keras.utils.set_random_seed(0)
-    model = build_classifier(channels, receptive_field=9, width_scale=1 / 16)
+    model = build_classifier(channels, receptive_field=9, width_scale=1 / 16, blocks=(1, 1, 1, 1))
     dense = model.get_layer("logits")
     dense.kernel.assign(dense.kernel * 0.05)
     if calibration_images is not None:
