@@ -74,11 +74,23 @@ class EpochTimer(keras.callbacks.Callback):
         logs["images_per_second"] = self.images_per_epoch / seconds
 
 
-class ValidationMetrics(keras.callbacks.Callback):
+class ClassifierCallback(keras.callbacks.Callback):
+    """A callback that works on `classifier`, the model that is saved, where `fit` trains a
+    twin that shares its weights (models/remat.py); on the fitted model where none is given."""
+
+    def __init__(self, classifier: keras.Model | None = None):
+        super().__init__()
+        self.classifier = classifier
+
+    def set_model(self, model):
+        super().set_model(model if self.classifier is None else self.classifier)
+
+
+class ValidationMetrics(ClassifierCallback):
     """val_loss, val_accuracy, val_precision, val_recall, val_auc after each epoch, in one pass."""
 
-    def __init__(self, dataset: tf.data.Dataset):
-        super().__init__()
+    def __init__(self, dataset: tf.data.Dataset, classifier: keras.Model | None = None):
+        super().__init__(classifier)
         self.dataset = dataset
 
     def on_epoch_end(self, epoch, logs=None):
@@ -111,15 +123,16 @@ def selection_key(row: dict[str, Any]) -> tuple[float, float]:
             -math.inf if math.isnan(loss) else -loss)
 
 
-class EpochRecorder(keras.callbacks.Callback):
+class EpochRecorder(ClassifierCallback):
     """Rewrites metrics.csv with every finished epoch and saves the best validation model.
 
     `history` holds the rows of the epochs before the first one this run trains (on resume);
     each row's wall_seconds counts from `start_time` (moved back by the earlier sessions' time).
     """
 
-    def __init__(self, model_dir: str, history: list[dict[str, Any]], start_time: float):
-        super().__init__()
+    def __init__(self, model_dir: str, history: list[dict[str, Any]], start_time: float,
+                 classifier: keras.Model | None = None):
+        super().__init__(classifier)
         self.model_dir = model_dir
         self.checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
         self.pending_best: str | None = None
@@ -154,7 +167,7 @@ class EpochRecorder(keras.callbacks.Callback):
             writer.writerows(self.history)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
+class EpochCheckpoint(ClassifierCallback):
     """Weights and optimizer state after every finished epoch, for resuming; commits the epoch.
 
     state.json names the weights file of the last finished epoch (and the recorder's new best
@@ -165,8 +178,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     STATE = run_dir.CHECKPOINT_STATE
 
-    def __init__(self, directory: str, recorder: EpochRecorder | None = None):
-        super().__init__()
+    def __init__(self, directory: str, recorder: EpochRecorder | None = None,
+                 classifier: keras.Model | None = None):
+        super().__init__(classifier)
         self.directory = directory
         self.recorder = recorder
 

@@ -22,6 +22,7 @@ from needles_tf.input import dataset_info, make_dataset
 from needles_tf.input.order import selection_counts
 from needles_tf.models import build_classifier, min_input_size
 from needles_tf.models.bagnet import STAGE_BLOCKS, resolve_k3
+from needles_tf.models.remat import rematerialised
 from needles_tf.training import callbacks as cb
 from needles_tf.training import devices
 from needles_tf.training.optimizers import make_optimizer
@@ -65,6 +66,7 @@ class TrainConfig:
     deterministic: bool = False
     log_images: int = 8
     init_from: str | None = None
+    remat: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -79,7 +81,7 @@ class TrainConfig:
 
 # How a run is carried out, not what it computes: a resume may change them (e.g. --cache=none
 # after an out-of-memory kill).
-RUNTIME_SETTINGS = ("cache", "log_images")
+RUNTIME_SETTINGS = ("cache", "log_images", "remat")
 def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
     """Checks the (locked) model dir holds no other run; returns whether it holds this run. A
     run with other settings is refused once it has finished an epoch; before that (a start
@@ -198,15 +200,19 @@ def _train(config: TrainConfig, verbose: int | str,
         model = build_classifier(info["channels"], config.receptive_field, config.k3,
                                  config.width_scale, config.pooling,
                                  normalization=config.normalization, blocks=config.blocks)
-        model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate,
-                                               accumulation),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                      jit_compile=_jit(config.jit_compile))
+        # the classifier is saved and checkpointed; `trained` (itself, or a twin that shares its
+        # weights and optimizer and recomputes activations) is what fit trains
+        trained = rematerialised(model, config.remat)
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, accumulation)
+        for compiled in [model] if trained is model else [model, trained]:
+            compiled.compile(optimizer=optimizer,
+                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                             jit_compile=_jit(config.jit_compile))
         # Eagerly: left to the first step (as Keras does without a distribution strategy), the
         # optimizer's variables are created inside the traced train function, which TensorFlow
         # then traces twice; that was half the start of a short run (67 s of a profiled 120).
-        model.optimizer.build(model.trainable_variables)
+        optimizer.build(model.trainable_variables)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     initial_epoch = cb.EpochCheckpoint.restore(model, checkpoint_dir)
     if initial_epoch == 0 and config.init_from:
@@ -232,14 +238,15 @@ def _train(config: TrainConfig, verbose: int | str,
     atomic.write_json(os.path.join(config.model_dir, CONFIG), config.to_json())
 
     guard = cb.NanGuard()
-    recorder = cb.EpochRecorder(config.model_dir, history, start_time)
-    callbacks = [guard, cb.EpochTimer(images_per_epoch), cb.ValidationMetrics(val_ds),
+    recorder = cb.EpochRecorder(config.model_dir, history, start_time, classifier=model)
+    callbacks = [guard, cb.EpochTimer(images_per_epoch),
+                 cb.ValidationMetrics(val_ds, classifier=model),
                  keras.callbacks.LearningRateScheduler(schedule),
-                 recorder, cb.EpochCheckpoint(checkpoint_dir, recorder),
+                 recorder, cb.EpochCheckpoint(checkpoint_dir, recorder, classifier=model),
                  keras.callbacks.TensorBoard(log_dir, write_graph=False), *extra_callbacks]
     if initial_epoch < epochs:
         try:
-            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+            trained.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
                       shuffle=False)
         except OSError as e:  # a full disk or quota while writing the epoch's files
