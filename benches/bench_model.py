@@ -5,10 +5,11 @@ Backend-agnostic: runs under TensorFlow on CPU (default) and, with KERAS_BACKEND
     python benches/bench_model.py                                   # the 2-core CPU reference
     python benches/bench_model.py --canvas 64,128 --rf 9,33,177 --scale 0.25,1
     KERAS_BACKEND=jax python benches/bench_model.py --precision mixed_float16 --peak_tflops 989
+    python benches/bench_model.py --canvas 1024 --scale 2 --batch 4 --remat block   # a GPU
 
 Prints one line per setting: images/s of train_on_batch after warm-up, the process's peak
-resident memory (CPU) or the device's peak memory (JAX GPU), and with --peak_tflops the model
-FLOP utilisation (analytic conv/dense FLOPs x 3 for forward + backward).
+resident memory (CPU) or the device's peak memory (JAX or TensorFlow GPU), and with
+--peak_tflops the model FLOP utilisation (analytic conv/dense FLOPs x 3 for forward + backward).
 """
 
 import argparse
@@ -23,6 +24,7 @@ import numpy as np
 
 from needles_tf.models import RF_PRESETS, build_classifier
 from needles_tf.models.bagnet import STAGE_BLOCKS
+from needles_tf.models.remat import rematerialised
 
 
 def conv_flops(model: keras.Model, height: int, width: int, channels: int) -> float:
@@ -44,20 +46,27 @@ def conv_flops(model: keras.Model, height: int, width: int, channels: int) -> fl
 
 
 def peak_memory_mib() -> float:
+    """The accelerator's own peak counter (JAX or TensorFlow GPU), else peak resident memory."""
     if keras.backend.backend() == "jax":
         import jax
 
         stats = jax.devices()[0].memory_stats() or {}
         if "peak_bytes_in_use" in stats:
             return stats["peak_bytes_in_use"] / 2**20
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: str,
           jit: bool, peak_tflops: float | None, normalization: bool = True,
-          blocks: tuple[int, ...] = STAGE_BLOCKS) -> str:
-    model = build_classifier(1, receptive_field=rf, width_scale=scale, pooling=pooling,
-                             normalization=normalization, blocks=blocks)
+          blocks: tuple[int, ...] = STAGE_BLOCKS, remat: str = "none") -> str:
+    classifier = build_classifier(1, receptive_field=rf, width_scale=scale, pooling=pooling,
+                                  normalization=normalization, blocks=blocks)
+    model = rematerialised(classifier, remat)
     model.compile(
         optimizer=keras.optimizers.RMSprop(5e-5, rho=0.99, epsilon=1e-5),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -75,10 +84,10 @@ def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: s
     elapsed = time.perf_counter() - start
     rate = batch * steps / elapsed
     line = (f"canvas {canvas:5d}  rf {rf:3d}  s {scale:<5g} blocks {''.join(map(str, blocks))}"
-            f"  batch {batch:3d}  "
+            f"  remat {remat:5s}  batch {batch:3d}  "
             f"{rate:8.1f} images/s  peak {peak_memory_mib():8.0f} MiB")
     if peak_tflops:
-        achieved = 3 * conv_flops(model, canvas, canvas, 1) * rate / 1e12
+        achieved = 3 * conv_flops(classifier, canvas, canvas, 1) * rate / 1e12
         line += f"  {achieved:7.2f} TFLOP/s  MFU {100 * achieved / peak_tflops:5.1f} %"
     return line
 
@@ -97,6 +106,7 @@ def main() -> None:
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--no_norm", action="store_true", help="no instance normalisation")
     parser.add_argument("--blocks", default="3,4,6,3", help="bottleneck blocks per stage")
+    parser.add_argument("--remat", default="none", help="none | stage | block")
     parser.add_argument("--peak_tflops", type=float, help="device peak, for model FLOP utilisation")
     args = parser.parse_args()
 
@@ -106,7 +116,9 @@ def main() -> None:
         for rf in map(int, args.rf.split(",")):
             for scale in map(float, args.scale.split(",")):
                 print(bench(canvas, rf, scale, args.batch, args.steps, args.pooling, args.jit,
-                            args.peak_tflops, not args.no_norm), flush=True)
+                            args.peak_tflops, not args.no_norm,
+                            tuple(int(b) for b in args.blocks.split(",")), args.remat),
+                      flush=True)
 
 
 if __name__ == "__main__":
