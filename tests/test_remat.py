@@ -1,4 +1,5 @@
-"""Rematerialisation (issue 15): the same outputs, gradients and training, whatever the mode."""
+"""Rematerialisation and micro-batches (issue 15): the same outputs, gradients and training
+whatever the mode; --micro_batch_size=auto under an injected memory limit."""
 
 import csv
 import os
@@ -12,7 +13,7 @@ from tiny_runs import Interrupt, tiny_nmnist
 from needles_tf import run_dir
 from needles_tf.models import build_classifier
 from needles_tf.models.remat import REMAT_MODES, Rematerialised, rematerialised
-from needles_tf.training import options
+from needles_tf.training import memory, options
 from needles_tf.training.trainer import TrainConfig, train
 
 
@@ -56,23 +57,31 @@ def test_modes_and_refusals():
         rematerialised(plain, "block")
 
 
-def test_training_with_remat_gives_the_same_history_and_files(tmp_path):
-    """A run trained with --remat=block, resumed with --remat=stage, has the history of a run
-    without it, and saves the plain classifier."""
+def test_training_with_remat_and_auto_micro_batches_gives_the_same_history_and_files(
+        tmp_path, monkeypatch):
+    """A run trained with --remat=block and --micro_batch_size=auto (room for 9 images: 8 of
+    16), resumed with --remat=stage and auto again (room for all: the recorded 8 is kept), has
+    the history of a plain run with micro-batches of 8, and saves the plain classifier."""
     data_dir = tiny_nmnist(str(tmp_path / "data"), 0, {"train": 1, "val": 1, "test": 1})
 
-    def config(name, remat):
+    def config(name, remat, micro_batch_size):
         return TrainConfig(data_dir, str(tmp_path / name), receptive_field=9,
                            blocks=(1, 1, 1, 1), width_scale=1 / 16, normalization=True,
-                           epochs=2, batch_size=16, train_size=64, reference_size=0,
-                           optimizer="adam", learning_rate=1e-3, lr_milestones=(),
-                           log_images=0, deterministic=True, remat=remat)
+                           epochs=2, batch_size=16, micro_batch_size=micro_batch_size,
+                           train_size=64, reference_size=0, optimizer="adam",
+                           learning_rate=1e-3, lr_milestones=(), log_images=0,
+                           deterministic=True, remat=remat)
 
-    train(config("plain", "none"), verbose=0)
+    train(config("plain", "none", 8), verbose=0)
+    model = build_classifier(1, receptive_field=9, width_scale=1 / 16, blocks=(1, 1, 1, 1))
+    fixed, per_image = memory.step_bytes(model, 32, 32, "block", "adam", True)
+    limit = int((fixed + 9 * per_image) / memory.USABLE_SHARE)
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda: limit)
     with pytest.raises(KeyboardInterrupt):
-        train(config("remat", "block"), verbose=0, extra_callbacks=[Interrupt(1)])
-    summary = train(config("remat", "stage"), verbose=0)  # a resume may change it
-    assert summary["config"]["remat"] == "stage"
+        train(config("remat", "block", "auto"), verbose=0, extra_callbacks=[Interrupt(1)])
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda: 100 * limit)
+    summary = train(config("remat", "stage", "auto"), verbose=0)  # a resume may change remat
+    assert summary["config"]["remat"] == "stage" and summary["config"]["micro_batch_size"] == 8
 
     def history(name):
         with open(tmp_path / name / run_dir.METRICS) as f:
@@ -85,3 +94,24 @@ def test_training_with_remat_gives_the_same_history_and_files(tmp_path):
     assert not any(isinstance(layer, Rematerialised) for layer in saved.layers)
     assert saved.get_layer("stage1_block1_conv1") is not None
     assert sorted(os.listdir(tmp_path / "remat")) == sorted(os.listdir(tmp_path / "plain"))
+
+
+def test_auto_micro_batch_divides_the_batch_and_refuses_what_cannot_fit():
+    model = build_classifier(1, receptive_field=33, width_scale=1 / 4, blocks=(1, 1, 1, 1))
+    (fixed, plain), (_, remat) = (memory.step_bytes(model, 256, 256, mode, "adam", True)
+                                  for mode in ("none", "block"))
+    assert remat < plain  # what rematerialisation is for
+
+    def budget(images, per_image=plain):  # device memory for `images` images
+        return int((fixed + images * per_image) / memory.USABLE_SHARE) + 1
+
+    def pick(limit, mode="none", batch=32):
+        return memory.auto_micro_batch(model, 256, 256, batch, mode, "adam", budget_bytes=limit)
+
+    assert pick(budget(5.5)) == 4 and pick(budget(40)) == 32 and pick(budget(7), batch=24) == 6
+    assert pick(budget(5.5, remat), "block") == 4
+    with pytest.raises(ValueError, match=r"one 256 x 256 image needs about [\d.]+ GiB in a "
+                       r"training step .* try --remat=block, or a smaller --width_scale"):
+        pick(budget(1, remat))  # fits with rematerialisation only
+    with pytest.raises(ValueError, match=r"usable here; try a smaller --width_scale, or smaller"):
+        pick(int(fixed), "block")

@@ -9,7 +9,7 @@ finished run is not trained again. Results: <model_dir>/summary.json, metrics.cs
 
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from needles_tf import run_dir
 from needles_tf.bin import common
@@ -29,9 +29,10 @@ flags.DEFINE_enum("pooling", "max", ["max", "mean", "logsumexp", "attention"], "
 flags.DEFINE_boolean("normalization", True, "Instance normalisation in the encoder.")
 flags.DEFINE_integer("epochs", 200, "Epochs (scaled up for small --train_size).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Effective batch size.", lower_bound=1)
-flags.DEFINE_integer("micro_batch_size", None, "Images per step; gradients of batch_size / "
-                     "micro_batch_size steps are accumulated (default: batch_size).",
-                     lower_bound=1)
+flags.DEFINE_string("micro_batch_size", None, "Images per step; gradients of batch_size / "
+                    "micro_batch_size steps are accumulated (default: batch_size). 'auto': the "
+                    "largest divisor of batch_size estimated to fit the device's memory, "
+                    "recorded in config.json (a resume keeps it).")
 flags.DEFINE_enum("remat", "none", list(REMAT), "Rematerialisation (gradient checkpointing): "
                   "'block' keeps only each block's input and recomputes the rest in the backward "
                   "pass (about half the memory per image at 512 x 512, capacity 1, for a "
@@ -82,7 +83,7 @@ def main(argv):
         k3=common.int_list("k3", FLAGS.k3), blocks=common.int_list("blocks", FLAGS.blocks),
         width_scale=FLAGS.width_scale,
         pooling=FLAGS.pooling, normalization=FLAGS.normalization, epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size, micro_batch_size=FLAGS.micro_batch_size,
+        batch_size=FLAGS.batch_size, micro_batch_size=_micro_batch(FLAGS.micro_batch_size),
         learning_rate=FLAGS.learning_rate,
         lr_milestones=common.int_list("lr_milestones", FLAGS.lr_milestones),
         lr_decay=FLAGS.lr_decay, optimizer=FLAGS.optimizer, train_size=FLAGS.train_size,
@@ -103,6 +104,15 @@ def main(argv):
               file=sys.stderr)
         sys.exit(130)
     print(result_line(FLAGS.model_dir, summary))
+
+
+def _micro_batch(value: str | None) -> int | str | None:
+    """--micro_batch_size: a positive integer or 'auto'."""
+    if value is None or value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise app.UsageError(f"--micro_batch_size must be a positive integer or 'auto', got {value!r}")
 
 
 def result_line(model_dir: str, summary: dict) -> str:

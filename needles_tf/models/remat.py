@@ -9,6 +9,8 @@ classifier itself is what is saved, so files and checkpoints keep their layout w
 setting, and a run may change it on a resume.
 """
 
+import math
+
 import keras
 
 REMAT_MODES = ("none", "stage", "block")
@@ -89,3 +91,31 @@ def rematerialised(model: keras.Model, mode: str) -> keras.Model:
         start = end
     outputs = keras.Model(start, model.outputs[0], name="head")(x)
     return keras.Model(inputs, outputs, name=f"{model.name}_remat_{mode}")
+
+
+def kept_activations(model: keras.Model, height: int, width: int, mode: str) -> int:
+    """Activation values per image that a training step holds at its peak (an upper bound).
+
+    Without rematerialisation every layer's output may be kept for the backward pass; with it,
+    the segments' inputs, and the outputs of the one segment being recomputed (the largest).
+    The runtime frees part of this: training/memory.py calibrates it against measurements.
+    """
+    if mode not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {', '.join(REMAT_MODES)}; got {mode!r}")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    ends = [] if mode == "none" else _segment_ends(model, mode)
+    probe = keras.Model(model.inputs[0], [layer.output for layer in layers] +
+                        [end for _, end in ends])
+    shapes = probe.compute_output_shape((1, height, width, model.input_shape[-1]))
+    sizes = [math.prod(shape[1:]) for shape in shapes]
+    if mode == "none":
+        return sum(sizes)
+    segments: dict[str, int] = {}
+    for layer, size in zip(layers, sizes):
+        parts = layer.name.split("_")
+        if not layer.name.startswith("stage"):
+            key = "stem" if layer.name.startswith("stem") else "head"
+        else:
+            key = "_".join(parts[:2]) if mode == "block" else parts[0]
+        segments[key] = segments.get(key, 0) + size
+    return sum(sizes[len(layers):]) + max(segments.values())

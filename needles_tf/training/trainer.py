@@ -25,6 +25,7 @@ from needles_tf.models.bagnet import STAGE_BLOCKS, resolve_k3
 from needles_tf.models.remat import rematerialised
 from needles_tf.training import callbacks as cb
 from needles_tf.training import devices
+from needles_tf.training.memory import auto_micro_batch
 from needles_tf.training.optimizers import make_optimizer
 from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs, step_learning_rate
 from needles_tf.training.tensorboard import log_input_images
@@ -50,7 +51,7 @@ class TrainConfig:
     normalization: bool = True
     epochs: int = 200
     batch_size: int = 32
-    micro_batch_size: int | None = None
+    micro_batch_size: int | str | None = None  # "auto": the largest that fits (recorded)
     learning_rate: float = 5e-5
     lr_milestones: Sequence[int] = (80, 120, 160)
     lr_decay: float = 0.1
@@ -127,6 +128,26 @@ def _accumulation_steps(config: TrainConfig, strategy: tf.distribute.Strategy) -
     return steps
 
 
+def _resolve_micro_batch(config: TrainConfig, overwrite: bool) -> TrainConfig:
+    """micro_batch_size="auto": the value this run recorded when it started (a resume trains
+    as it began), else the largest micro-batch estimated to fit the device."""
+    if config.micro_batch_size != "auto":
+        return config
+    path = os.path.join(config.model_dir, CONFIG)
+    saved = run_dir.read_json(path).get("micro_batch_size") if os.path.exists(path) else None
+    if isinstance(saved, int) and config.batch_size % saved == 0 and not overwrite:
+        return dataclasses.replace(config, micro_batch_size=saved)
+    info = dataset_info(config.data_dir, "train")
+    _check_input_size(info, config)
+    model = build_classifier(info["channels"], config.receptive_field, config.k3,
+                             config.width_scale, config.pooling,
+                             normalization=config.normalization, blocks=config.blocks)
+    micro = auto_micro_batch(model, info["height"], info["width"], config.batch_size,
+                             config.remat, config.optimizer,
+                             bytes_per_value=2 if config.precision.startswith("mixed") else 4)
+    return dataclasses.replace(config, micro_batch_size=micro)
+
+
 def _check_input_size(info: dict, config: TrainConfig) -> None:
     k3 = resolve_k3(config.receptive_field if config.k3 is None else None, config.k3)
     smallest = min_input_size(k3)
@@ -167,6 +188,7 @@ def train(config: TrainConfig, verbose: int | str = "auto",
 def _train(config: TrainConfig, verbose: int | str,
            extra_callbacks: Sequence[keras.callbacks.Callback], overwrite: bool) -> dict[str, Any]:
     """train() in its model dir, which this process holds."""
+    config = _resolve_micro_batch(config, overwrite)
     same_run = _check_model_dir(config, overwrite)
     summary_path = os.path.join(config.model_dir, run_dir.SUMMARY)
     if same_run and os.path.exists(summary_path):
