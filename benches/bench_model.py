@@ -85,7 +85,7 @@ def bench(canvas: int, rf: int, scale: float, batch: int, steps: int, pooling: s
     rate = batch * steps / elapsed
     line = (f"canvas {canvas:5d}  rf {rf:3d}  s {scale:<5g} blocks {''.join(map(str, blocks))}"
             f"  remat {remat:5s}  batch {batch:3d}  "
-            f"{rate:8.1f} images/s  peak {peak_memory_mib():8.0f} MiB")
+            f"{rate:8.3g} images/s  peak {peak_memory_mib():8.0f} MiB")
     if peak_tflops:
         achieved = 3 * conv_flops(classifier, canvas, canvas, 1) * rate / 1e12
         line += f"  {achieved:7.2f} TFLOP/s  MFU {100 * achieved / peak_tflops:5.1f} %"

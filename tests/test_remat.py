@@ -66,7 +66,7 @@ def test_training_with_remat_and_auto_micro_batches_gives_the_same_history_and_f
 
     def config(name, remat, micro_batch_size):
         return TrainConfig(data_dir, str(tmp_path / name), receptive_field=9,
-                           blocks=(1, 1, 1, 1), width_scale=1 / 16, normalization=True,
+                           blocks=(1, 1, 1, 1), width_scale=1 / 16, normalization=False,
                            epochs=2, batch_size=16, micro_batch_size=micro_batch_size,
                            train_size=64, reference_size=0, optimizer="adam",
                            learning_rate=1e-3, lr_milestones=(), log_images=0,

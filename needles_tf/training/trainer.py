@@ -269,8 +269,8 @@ def _train(config: TrainConfig, verbose: int | str,
     if initial_epoch < epochs:
         try:
             trained.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                      shuffle=False)
+                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
         except OSError as e:  # a full disk or quota while writing the epoch's files
             done = (run_dir.checkpoint_state(config.model_dir) or {"epoch": 0})["epoch"]
             raise TrainingError(
