@@ -4,9 +4,8 @@
 #   ./run.sh demo-camelyon   the same on nCAMELYON crops of synthetic slides
 #   ./run.sh test            the test suite
 # The first call creates .venv/ with the package (the demo) or .venv-test/ with the package
-# and its test extra (the tests). Two environments because the test extra brings JAX, and
-# `import tensorflow` imports JAX wherever it is installed: JAX's garbage-collection hook then
-# swallows a Ctrl-C that lands in it, and the user's job runs on.
+# and its test extra (the tests): the demo's environment stays free of what only the tests
+# need (pytest, hypothesis, JAX).
 set -euo pipefail
 cd "$(dirname "$0")"
 

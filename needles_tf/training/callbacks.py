@@ -43,10 +43,9 @@ class NanGuard(keras.callbacks.Callback):
 class StopWhenSet(keras.callbacks.Callback):
     """Raises KeyboardInterrupt at the end of the batch during which `flag` got set.
 
-    A Ctrl-C handler that sets the flag (needles-train's) stops training even when its
-    KeyboardInterrupt is lost: raised while Python runs a garbage-collection callback (JAX
-    installs one where it is installed), the exception is reported and dropped, and training
-    would go on.
+    A Ctrl-C handler that sets the flag (bin/common's) stops training after the batch even
+    where its KeyboardInterrupt got lost on the way (caught and dropped by code that the
+    binaries' re-sending of dropped interrupts does not see).
     """
 
     def __init__(self, flag: threading.Event):
