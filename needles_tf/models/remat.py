@@ -42,6 +42,11 @@ class Rematerialised(keras.layers.Layer):
         return cls(**config)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {', '.join(REMAT_MODES)}; got {mode!r}")
+
+
 def _segment_ends(model: keras.Model, mode: str) -> list[tuple[str, object]]:
     """(name, output tensor) of each segment, in order: the stem, then each block or stage.
 
@@ -79,8 +84,7 @@ def rematerialised(model: keras.Model, mode: str) -> keras.Model:
     Raises:
       ValueError: for another mode, or a model without BagNet blocks.
     """
-    if mode not in REMAT_MODES:
-        raise ValueError(f"remat must be one of {', '.join(REMAT_MODES)}; got {mode!r}")
+    _check_mode(mode)
     if mode == "none":
         return model
     x = inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype,
@@ -100,8 +104,7 @@ def kept_activations(model: keras.Model, height: int, width: int, mode: str) -> 
     the segments' inputs, and the outputs of the one segment being recomputed (the largest).
     The runtime frees part of this: training/memory.py calibrates it against measurements.
     """
-    if mode not in REMAT_MODES:
-        raise ValueError(f"remat must be one of {', '.join(REMAT_MODES)}; got {mode!r}")
+    _check_mode(mode)
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     ends = [] if mode == "none" else _segment_ends(model, mode)
     probe = keras.Model(model.inputs[0], [layer.output for layer in layers] +

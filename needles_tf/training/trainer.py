@@ -128,6 +128,12 @@ def _accumulation_steps(config: TrainConfig, strategy: tf.distribute.Strategy) -
     return steps
 
 
+def _build_model(config: TrainConfig, channels: int) -> keras.Model:
+    return build_classifier(channels, config.receptive_field, config.k3, config.width_scale,
+                            config.pooling, normalization=config.normalization,
+                            blocks=config.blocks)
+
+
 def _resolve_micro_batch(config: TrainConfig, overwrite: bool) -> TrainConfig:
     """micro_batch_size="auto": the value this run recorded when it started (a resume trains
     as it began), else the largest micro-batch estimated to fit the device."""
@@ -139,9 +145,7 @@ def _resolve_micro_batch(config: TrainConfig, overwrite: bool) -> TrainConfig:
         return dataclasses.replace(config, micro_batch_size=saved)
     info = dataset_info(config.data_dir, "train")
     _check_input_size(info, config)
-    model = build_classifier(info["channels"], config.receptive_field, config.k3,
-                             config.width_scale, config.pooling,
-                             normalization=config.normalization, blocks=config.blocks)
+    model = _build_model(config, info["channels"])
     micro = auto_micro_batch(model, info["height"], info["width"], config.batch_size,
                              config.remat, config.optimizer,
                              bytes_per_value=2 if config.precision.startswith("mixed") else 4)
@@ -219,9 +223,7 @@ def _train(config: TrainConfig, verbose: int | str,
               flush=True)
 
     with strategy.scope():
-        model = build_classifier(info["channels"], config.receptive_field, config.k3,
-                                 config.width_scale, config.pooling,
-                                 normalization=config.normalization, blocks=config.blocks)
+        model = _build_model(config, info["channels"])
         # the classifier is saved and checkpointed; `trained` (itself, or a twin that shares its
         # weights and optimizer and recomputes activations) is what fit trains
         trained = rematerialised(model, config.remat)
