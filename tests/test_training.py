@@ -2,7 +2,6 @@
 contents, TensorBoard events, divergence, strategies, bad input."""
 
 import csv
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from needles_tf import run_dir
 from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.generation import nmnist
 from needles_tf.models import build_classifier
+from needles_tf.training.loop import TrainLoop
 from needles_tf.training.optimizers import make_optimizer
 from needles_tf.training.schedule import scale_epochs, step_learning_rate
 from needles_tf.training.trainer import TrainConfig, TrainingError, train
@@ -162,60 +162,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     assert not os.path.exists(model_dir / run_dir.SUMMARY)
 
 
-def test_two_mirrored_replicas_give_the_default_strategys_history(data_dir, tmp_path):
-    """MirroredStrategy over two logical CPUs (in a process of its own, beside this one's
-    single-device run): each global batch split in two gives the same losses per epoch;
-    validation and the final evaluation run through the replicas."""
-    settings = dict(receptive_field=9, width_scale=1 / 16, epochs=2, train_size=64,
-                    reference_size=0)
-    mirrored = dataclasses.asdict(config(data_dir, tmp_path / "mirrored", **settings))
-    process = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__),
-                                                             "two_replicas.py"),
-                                json.dumps(mirrored)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    single = train(config(data_dir, tmp_path / "default", strategy="default", **settings),
-                   verbose=0)
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    assert single["replicas"] == 1 and summary["replicas"] == 2
-    losses = [[float(row["loss"]) for row in history(tmp_path / name)]
-              for name in ("default", "mirrored")]
-    assert len(losses[1]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
-    assert summary["val"]["count"] == single["val"]["count"]  # each image once
-    with pytest.raises(ValueError, match="multiple of micro_batch_size"):
-        train(config(data_dir, tmp_path / "bad", micro_batch_size=5))
-
-
 def test_accumulating_micro_batches_gives_the_update_of_the_whole_batch():
+    """The training loop's step over 16 images: in one pass, and as 4 micro-batches of 4 whose
+    gradients are summed before the one update."""
     rng = np.random.default_rng(0)
     images = rng.random((16, 24, 24, 1)).astype("float32")
-    labels = np.tile([0, 1], 8)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    labels = np.tile([0, 1], 8).astype("int32")
+    strategy = tf.distribute.get_strategy()
 
-    def update(accumulation: int) -> np.ndarray:
-        """The change of all weights after one effective batch of 16 (eager steps)."""
+    def update(micro_batch: int) -> np.ndarray:
         keras.utils.set_random_seed(5)
         model = build_classifier(1, receptive_field=9, width_scale=1 / 16)
         # SGD: the update is the gradient itself, so round-off stays round-off (RMSprop's first
         # step, lr * g / sqrt(g^2), turns the sign of a near-zero gradient into a full step)
-        optimizer = make_optimizer("sgd", 1e-2, accumulation)
+        optimizer = make_optimizer("sgd", 1e-2)
+        optimizer.build(model.trainable_variables)
         before = np.concatenate([np.ravel(w) for w in model.get_weights()])
-        size = len(images) // accumulation
-        for k in range(accumulation):
-            part = slice(k * size, (k + 1) * size)
-            with tf.GradientTape() as tape:
-                value = loss(labels[part], model(images[part], training=True))
-            optimizer.apply(tape.gradient(value, model.trainable_variables),
-                            model.trainable_variables)
-            if k < accumulation - 1:  # an accumulating step leaves the weights alone
-                now = np.concatenate([np.ravel(w) for w in model.get_weights()])
-                assert np.array_equal(now, before)
-        return np.concatenate([np.ravel(w) for w in model.get_weights()]) - before
+        loop = TrainLoop(model, optimizer, strategy, micro_batch, len(images) // micro_batch)
+        batches = iter(tf.data.Dataset.from_tensors((images, labels)))
+        loss, correct, count = loop.step(batches).numpy()
+        assert count == 16 and 0 <= correct <= 16 and loss > 0
+        return np.concatenate([np.ravel(w) for w in model.get_weights()]) - before, loss
 
-    whole, accumulated = update(1), update(2)
+    (whole, whole_loss), (accumulated, accumulated_loss) = update(16), update(4)
     assert np.linalg.norm(whole) > 0
     assert np.linalg.norm(accumulated - whole) <= 1e-4 * np.linalg.norm(whole)
+    assert accumulated_loss == pytest.approx(whole_loss, rel=1e-5)
 
 
 def test_schedule_and_epoch_scaling():
@@ -238,6 +210,8 @@ def test_bad_input_gets_clear_errors(data_dir, finished_run, tmp_path):
         train(config(empty, tmp_path / "r2"))
     with pytest.raises(ValueError, match="train_size"):
         train(config(data_dir, tmp_path / "r3", train_size=10**6, reference_size=0))
+    with pytest.raises(ValueError, match="multiple of micro_batch_size"):
+        train(config(data_dir, tmp_path / "r4", micro_batch_size=5))
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(TrainingError, match="not writable"):

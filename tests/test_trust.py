@@ -43,7 +43,7 @@ def test_resume_refusal_and_overwrite_of_a_run(data_dir, tmp_path, monkeypatch):
     """Resume, refusal and --overwrite; the last run also checks that where training needs
     micro-batches to fit, the final evaluation does not use the full batch (it would run out
     of memory exactly there)."""
-    from needles_tf.training import trainer
+    from needles_tf.training import summary as run_summary
 
     model_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
@@ -68,8 +68,8 @@ def test_resume_refusal_and_overwrite_of_a_run(data_dir, tmp_path, monkeypatch):
         batches.append(batch_size)
         return real_evaluate(model, data, split, batch_size)
 
-    real_evaluate = trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", recording)
+    real_evaluate = run_summary.evaluate
+    monkeypatch.setattr(run_summary, "evaluate", recording)
     again = train(tiny(data_dir, model_dir, epochs=1, micro_batch_size=8), verbose=0,
                   overwrite=True)
     assert again["epochs"] == 1 and len(metrics_rows(model_dir)) == 1
@@ -107,7 +107,8 @@ def test_a_kill_before_the_epoch_commit_leaves_the_best_model_of_a_committed_epo
     recorder.on_epoch_end(1, {"loss": 0.4, "val_accuracy": 0.9})  # a better epoch 2 ...
     assert list((model_dir / run_dir.CHECKPOINT_DIR).glob("best-epoch-00002.keras"))
     # ... killed before its checkpoint: a resume discards epoch 2, its model too
-    assert cb.EpochCheckpoint.restore(model, checkpoint_dir) == 1
+    cb.EpochCheckpoint.publish_best(checkpoint_dir)
+    assert cb.EpochCheckpoint.saved_state(checkpoint_dir)["epoch"] == 1
     assert (model_dir / run_dir.BEST_MODEL).read_bytes() == published
     assert not list((model_dir / run_dir.CHECKPOINT_DIR).glob("best-epoch-*"))
 

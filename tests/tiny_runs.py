@@ -60,9 +60,11 @@ def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
 
 
-def start(args: list[str], env_pythonpath: bool = True) -> subprocess.Popen:
-    """Starts a process (several may run at once on the 2 cores); finish it with `finish`."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def start(args: list[str], env_pythonpath: bool = True,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts a process (several may run at once on the 2 cores); finish it with `finish`.
+    `env`: variables to set besides this process's own."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     if env_pythonpath:
         env["PYTHONPATH"] = WORKTREE
     # A suite started in the background of a script inherits SIGINT ignored, and Python keeps
@@ -75,9 +77,9 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_binary(name: str, *flags: str) -> subprocess.Popen:
+def start_binary(name: str, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`python -m needles_tf.bin.<name> FLAGS...` with this worktree first on the path."""
-    return start([sys.executable, "-m", f"needles_tf.bin.{name}", *flags])
+    return start([sys.executable, "-m", f"needles_tf.bin.{name}", *flags], env=env)
 
 
 def finish(process: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:

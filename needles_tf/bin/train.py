@@ -103,6 +103,9 @@ def main(argv):
         print(f"\nneedles-train: interrupted after epoch {done}; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)
+    if summary.get("status") == "worker":
+        print(f"{FLAGS.model_dir}: this worker's part is done; the chief wrote the run")
+        return
     print(result_line(FLAGS.model_dir, summary))
 
 

@@ -18,15 +18,16 @@ def predict_probabilities(model: keras.Model,
     """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches."""
     check_binary(model)
     if model.distribute_strategy.num_replicas_in_sync > 1:
-        # predict_on_batch would run the whole batch on every replica and return it once per
-        # replica; predict splits each batch between them and concatenates in order
-        logits = model.predict(dataset.map(lambda images, _: images), verbose=0)
-        labels = np.concatenate([y for y in dataset.map(lambda _, y: y).as_numpy_iterator()]
-                                or [np.zeros(0, np.int64)])
-        return labels.astype(np.int64), np.asarray(needle_probability(logits), np.float64)
+        # One traced forward pass, outside the strategy's replicas: Keras' predict under
+        # several replicas gathers its outputs across workers, so one worker evaluating alone
+        # (the chief, validating) would wait for the others for ever.
+        forward = tf.function(lambda images: model(images, training=False),
+                              input_signature=[dataset.element_spec[0]])
+    else:
+        forward = model.predict_on_batch  # reuses the model's compiled step
     labels, probs = [], []
-    for images, batch_labels in dataset:  # predict_on_batch reuses the model's compiled step
-        logits = model.predict_on_batch(images)
+    for images, batch_labels in dataset:
+        logits = forward(images)
         probs.append(np.asarray(needle_probability(logits)))
         labels.append(batch_labels.numpy())
     if not labels:

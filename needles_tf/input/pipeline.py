@@ -197,10 +197,12 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
         if kind is None:
             records = records.map(lambda _, encoded, label: (encoded, label))
             buffer = max(1, min(share, SHUFFLE_BYTES * selected // max(encoded_bytes, 1)))
+            per_epoch = _batches(share, pipeline_batch, drop_remainder)
+            if pipelines > 1:  # shares differ by an image: every pipeline takes as many batches
+                per_epoch = selected // batch_size
             ds = epoch_seeds.flat_map(lambda s: _streamed_epoch(
                 records, parser, buffer, s, oversample, share, ordered).batch(
-                    pipeline_batch, drop_remainder=drop_remainder))
-            per_epoch = _batches(share, pipeline_batch, drop_remainder)
+                    pipeline_batch, drop_remainder=drop_remainder).take(per_epoch))
         else:
             ds, per_epoch = _cached_epochs(records, parser, kind, selected, epoch_seeds,
                                            oversample, batch_size, drop_remainder, pipelines,

@@ -215,12 +215,16 @@ class EpochCheckpoint(ClassifierCallback):
         return run_dir.read_json(path) if os.path.exists(path) else None
 
     @classmethod
-    def restore(cls, model: keras.Model, directory: str) -> int:
-        """Loads the last checkpoint into a compiled model whose optimizer is built; returns the
-        epochs already done."""
-        cls.publish_best(directory)
+    def load(cls, model: keras.Model, directory: str, epoch: int) -> None:
+        """Loads the checkpoint of `epoch` finished epochs into a compiled model whose optimizer
+        is built (a worker of a multi-worker run reads the chief's).
+
+        Raises:
+          RuntimeError: the checkpoint holds another epoch, or none.
+        """
         state = cls.saved_state(directory)
-        if state is None:
-            return 0
+        if state is None or state["epoch"] != epoch:
+            found = "none" if state is None else f"epoch {state['epoch']}"
+            raise RuntimeError(f"{directory}: expected the checkpoint of epoch {epoch}, found "
+                               f"{found}")
         model.load_weights(os.path.join(directory, state["weights"]))
-        return state["epoch"]

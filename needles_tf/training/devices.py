@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import keras
 import tensorflow as tf
 
+from needles_tf.training import cluster
 from needles_tf.training.options import PRECISIONS, STRATEGIES
 
 
@@ -20,7 +18,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
     mirrored: over every local GPU, else over every logical CPU device (one unless configured
     with tf.config.set_logical_device_configuration, as the tests do to run two replicas).
-    multi_worker reads the cluster from TF_CONFIG (one process per host).
+    multi_worker reads the cluster from TF_CONFIG, else from the SLURM job step it runs in
+    (training/cluster.py; one process per host or per GPU).
     """
     if name == "auto":
         name = "mirrored" if num_gpus() > 1 else "default"
@@ -32,14 +31,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         cpus = tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in cpus])
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy=multi_worker needs the cluster in the TF_CONFIG "
-                             "environment variable (see tf.distribute docs)")
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster.resolver())
     raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
 
 

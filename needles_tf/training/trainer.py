@@ -1,13 +1,15 @@
-"""One training run of the paper's protocol: data -> model -> fit -> run directory.
+"""One training run of the paper's protocol: data -> model -> training loop -> run directory.
 
-`train(TrainConfig(...))` builds the BagNet for the dataset, fits it with the step schedule,
-validates after every epoch, keeps the best validation model, resumes an interrupted run from its
+`train(TrainConfig(...))` builds the BagNet for the dataset, trains it with the step schedule
+(on one device, several replicas or several workers: training/loop.py), validates after every
+epoch, keeps the best validation model, resumes an interrupted run from its
 last finished epoch (same history as an uninterrupted run with the same seed), and finally
 reports validation and test metrics of the best model in summary.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -16,95 +18,21 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from needles_tf import atomic, dir_lock, provenance, run_dir
-from needles_tf.evaluation.evaluate import evaluate
+from needles_tf import atomic, run_dir
 from needles_tf.input import dataset_info, make_dataset
 from needles_tf.input.order import selection_counts
-from needles_tf.models import build_classifier, min_input_size
-from needles_tf.models.bagnet import STAGE_BLOCKS, resolve_k3
 from needles_tf.models.remat import rematerialised
 from needles_tf.training import callbacks as cb
-from needles_tf.training import devices
-from needles_tf.training.memory import auto_micro_batch
+from needles_tf.training import cluster, devices
+from needles_tf.training.claim import claim
+from needles_tf.training.config import TrainConfig, TrainingError, build_model, check_input_size
+from needles_tf.training.loop import TrainLoop
 from needles_tf.training.optimizers import make_optimizer
-from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs, step_learning_rate
+from needles_tf.training.schedule import scale_epochs, step_learning_rate
+from needles_tf.training.summary import finish_run
 from needles_tf.training.tensorboard import log_input_images
 
-CONFIG = run_dir.CONFIG
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every knob of a run (the needles-train flags)."""
-
-    data_dir: str
-    model_dir: str
-    receptive_field: int | None = 33
-    k3: Sequence[int] | None = None
-    blocks: Sequence[int] = STAGE_BLOCKS
-    width_scale: float = 1.0
-    pooling: str = "max"
-    normalization: bool = True
-    epochs: int = 200
-    batch_size: int = 32
-    micro_batch_size: int | str | None = None  # "auto": the largest that fits (recorded)
-    learning_rate: float = 5e-5
-    lr_milestones: Sequence[int] = (80, 120, 160)
-    lr_decay: float = 0.1
-    optimizer: str = "rmsprop"
-    train_size: int | None = None
-    reference_size: int = REFERENCE_SIZE
-    class_balance: float | None = 0.5
-    seed: int = 0
-    precision: str = "auto"
-    strategy: str = "auto"
-    jit_compile: str = "auto"
-    cache: str = "auto"
-    deterministic: bool = False
-    log_images: int = 8
-    init_from: str | None = None
-    remat: str = "none"
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["k3"] = list(resolve_k3(self.receptive_field if self.k3 is None else None, self.k3))
-        d["blocks"] = list(self.blocks)
-        d["lr_milestones"] = list(self.lr_milestones)
-        d["data_dir"] = os.path.abspath(self.data_dir)
-        d["model_dir"] = os.path.abspath(self.model_dir)
-        d["init_from"] = self.init_from and os.path.abspath(self.init_from)
-        return d
-
-
-# How a run is carried out, not what it computes: a resume may change them (e.g. --cache=none
-# after an out-of-memory kill).
-RUNTIME_SETTINGS = ("cache", "log_images", "remat")
-def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
-    """Checks the (locked) model dir holds no other run; returns whether it holds this run. A
-    run with other settings is refused once it has finished an epoch; before that (a start
-    that failed) or with `overwrite` its files are removed and the run starts afresh."""
-    atomic.remove_stale_temporaries(config.model_dir)
-    path = os.path.join(config.model_dir, CONFIG)
-    if not os.path.exists(path):
-        if overwrite:
-            run_dir.remove_run(config.model_dir)
-        return False
-    saved = {"blocks": list(STAGE_BLOCKS), **run_dir.read_json(path)}  # runs before --blocks
-    current = config.to_json()
-    changed = {k: (saved.get(k), v) for k, v in current.items()
-               if k not in RUNTIME_SETTINGS and saved.get(k) != v}
-    if not changed and not overwrite:
-        return True
-    if run_dir.has_finished_epoch(config.model_dir) and not overwrite:
-        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise TrainingError(f"{config.model_dir} holds a run with other settings ({what}); "
-                            "use a new --model_dir, or --overwrite to start afresh there")
-    run_dir.remove_run(config.model_dir)
-    return False
+__all__ = ["TrainConfig", "TrainingError", "train"]
 
 
 def _jit(setting: str) -> bool:
@@ -115,49 +43,19 @@ def _jit(setting: str) -> bool:
     raise ValueError(f"jit_compile must be auto, true or false; got {setting!r}")
 
 
-def _accumulation_steps(config: TrainConfig, strategy: tf.distribute.Strategy) -> int:
-    micro = config.micro_batch_size or config.batch_size
-    if micro < 1 or config.batch_size % micro:
-        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of "
-                         f"micro_batch_size ({micro})")
-    steps = config.batch_size // micro
-    if steps > 1 and strategy.num_replicas_in_sync > 1:
-        raise ValueError("gradient accumulation (micro_batch_size < batch_size) is not supported "
-                         "by Keras under a multi-replica strategy; use --strategy=default or "
-                         "give each replica batch_size / replicas images")
-    return steps
-
-
-def _build_model(config: TrainConfig, channels: int) -> keras.Model:
-    return build_classifier(channels, config.receptive_field, config.k3, config.width_scale,
-                            config.pooling, normalization=config.normalization,
-                            blocks=config.blocks)
-
-
-def _resolve_micro_batch(config: TrainConfig, overwrite: bool) -> TrainConfig:
-    """micro_batch_size="auto": the value this run recorded when it started (a resume trains
-    as it began), else the largest micro-batch estimated to fit the device."""
-    if config.micro_batch_size != "auto":
-        return config
-    path = os.path.join(config.model_dir, CONFIG)
-    saved = run_dir.read_json(path).get("micro_batch_size") if os.path.exists(path) else None
-    if isinstance(saved, int) and config.batch_size % saved == 0 and not overwrite:
-        return dataclasses.replace(config, micro_batch_size=saved)
-    info = dataset_info(config.data_dir, "train")
-    _check_input_size(info, config)
-    model = _build_model(config, info["channels"])
-    micro = auto_micro_batch(model, info["height"], info["width"], config.batch_size,
-                             config.remat, config.optimizer,
-                             bytes_per_value=2 if config.precision.startswith("mixed") else 4)
-    return dataclasses.replace(config, micro_batch_size=micro)
-
-
-def _check_input_size(info: dict, config: TrainConfig) -> None:
-    k3 = resolve_k3(config.receptive_field if config.k3 is None else None, config.k3)
-    smallest = min_input_size(k3)
-    if info["height"] and min(info["height"], info["width"]) < smallest:
-        raise ValueError(f"{config.data_dir}: images of {info['height']}x{info['width']} are "
-                         f"smaller than the model's minimum input size {smallest} (k3={k3})")
+def _micro_batches(config: TrainConfig, strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(images per forward pass on one replica, micro-batches per replica and global batch)."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the "
+                         f"{replicas} replicas (each takes an equal share of a batch)")
+    share = config.batch_size // replicas
+    micro = config.micro_batch_size or share
+    if micro < 1 or share % micro:
+        whose = f"each replica's share of the batch ({share})" if replicas > 1 else \
+            f"batch_size ({config.batch_size})"
+        raise ValueError(f"{whose} must be a multiple of micro_batch_size ({micro})")
+    return micro, share // micro
 
 
 def train(config: TrainConfig, verbose: int | str = "auto",
@@ -169,52 +67,57 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     after ours, with the epoch logs complete; overwrite: start afresh in a model dir that holds
     a run (finished or not) with other settings.
 
+    Under strategy="multi_worker" every worker calls this with the same config: the chief
+    (training/cluster.py) holds and writes the model dir, the others train with it, starting
+    where the chief's checkpoint says, and return {"status": "worker", ...}.
+
     Raises:
       TrainingError: the model dir holds another run, is in use by another process, is not
-        writable, or training diverged.
+        writable, or training diverged; on a worker, the chief could not start.
       ValueError (metadata.DatasetError for dataset problems): bad settings or data.
     """
-    try:
-        os.makedirs(config.model_dir, exist_ok=True)
-        probe = os.path.join(config.model_dir, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(
-            f"model_dir {config.model_dir!r} is not writable: {e.strerror}") from None
-    try:
-        with dir_lock.exclusive(config.model_dir):
-            return _train(config, verbose, extra_callbacks, overwrite)
-    except dir_lock.DirectoryBusy as e:
-        raise TrainingError(str(e)) from None
+    # first: a multi-worker strategy connects the workers before other TensorFlow work
+    strategy = devices.make_strategy(config.strategy)
+    chief = cluster.is_chief(strategy)
+    with contextlib.ExitStack() as holding:
+        try:
+            config, start = claim(config, overwrite, holding) if chief else (config, 0)
+        except BaseException:
+            cluster.from_chief(strategy, cluster.FAILED)
+            raise
+        start = cluster.from_chief(strategy, start)
+        if start == cluster.FAILED:
+            raise TrainingError("the chief worker could not start the run (see its output)")
+        # the chief's micro-batch ("auto" resolved, or a resumed run's)
+        micro = cluster.from_chief(strategy, (config.micro_batch_size or 0) if chief else 0)
+        config = dataclasses.replace(config, micro_batch_size=micro or None)
+        if start == cluster.FINISHED:
+            return (run_dir.read_summary(config.model_dir) if chief
+                    else {"status": "worker", "model_dir": config.model_dir})
+        result = _train(config, strategy, start, chief, verbose, extra_callbacks)
+        # the workers wait for the chief's final evaluation: no process leaves the cluster
+        # while another still works in it
+        cluster.from_chief(strategy, 0)
+        return result
 
 
-def _train(config: TrainConfig, verbose: int | str,
-           extra_callbacks: Sequence[keras.callbacks.Callback], overwrite: bool) -> dict[str, Any]:
-    """train() in its model dir, which this process holds."""
-    config = _resolve_micro_batch(config, overwrite)
-    same_run = _check_model_dir(config, overwrite)
-    summary_path = os.path.join(config.model_dir, run_dir.SUMMARY)
-    if same_run and os.path.exists(summary_path):
-        summary = run_dir.read_summary(config.model_dir)
-        if summary.get("status") == "finished":
-            return summary
+def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch: int,
+           chief: bool, verbose: int | str,
+           extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
+    """Trains from `initial_epoch` on; the chief (which holds the model dir) writes the run."""
     session_start = time.time()
     info = dataset_info(config.data_dir, "train")
-    _check_input_size(info, config)
+    check_input_size(info, config)
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:  # reproducible to the bit, at some cost in speed
         tf.config.experimental.enable_op_determinism()
     policy = devices.set_precision(config.precision)
-    strategy = devices.make_strategy(config.strategy)
-    accumulation = _accumulation_steps(config, strategy)
-    micro_batch = config.batch_size // accumulation
+    micro_batch, accumulation = _micro_batches(config, strategy)
     epochs, milestones = scale_epochs(config.epochs, config.lr_milestones, config.train_size,
                                       config.reference_size)
     schedule = step_learning_rate(config.learning_rate, milestones, config.lr_decay)
 
-    val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False, cache=config.cache)
     images_per_epoch = sum(selection_counts(info["positives"], info["negatives"],
                                             config.train_size, config.class_balance))
     if verbose and images_per_epoch < info["count"] and config.train_size is None:
@@ -223,68 +126,116 @@ def _train(config: TrainConfig, verbose: int | str,
               flush=True)
 
     with strategy.scope():
-        model = _build_model(config, info["channels"])
+        model = build_model(config, info["channels"])
         # the classifier is saved and checkpointed; `trained` (itself, or a twin that shares its
-        # weights and optimizer and recomputes activations) is what fit trains
+        # weights and optimizer and recomputes activations) is what the loop trains
         trained = rematerialised(model, config.remat)
-        optimizer = make_optimizer(config.optimizer, config.learning_rate, accumulation)
+        optimizer = make_optimizer(config.optimizer, config.learning_rate)
         for compiled in [model] if trained is model else [model, trained]:
             compiled.compile(optimizer=optimizer,
                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                             jit_compile=_jit(config.jit_compile))
+                             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         # Eagerly: left to the first step (as Keras does without a distribution strategy), the
         # optimizer's variables are created inside the traced train function, which TensorFlow
         # then traces twice; that was half the start of a short run (67 s of a profiled 120).
         optimizer.build(model.trainable_variables)
     checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
-    initial_epoch = cb.EpochCheckpoint.restore(model, checkpoint_dir)
-    if initial_epoch == 0 and config.init_from:
+    if initial_epoch:  # the chief's checkpoint, on every worker
+        cb.EpochCheckpoint.load(model, checkpoint_dir, initial_epoch)
+    elif config.init_from:
         _warm_start(model, config.init_from)
     if initial_epoch and verbose:
         print(f"resuming at epoch {initial_epoch + 1} of {epochs}", flush=True)
-    history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
-               if row["epoch"] <= initial_epoch]
-    # wall time counts across resumes: the finished epochs' time, then this session's
-    start_time = session_start - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
-    log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
-    if initial_epoch == 0 and config.log_images:  # a separate dataset: train_ds's order is kept
-        log_input_images(log_dir, make_dataset(config.data_dir, "train", config.log_images,
-                                               training=False, verify=False, cache="none"))
-    # Each epoch's order depends on (seed, epoch) alone: a resumed run sees what an
-    # uninterrupted one would.
-    train_ds = make_dataset(config.data_dir, "train", micro_batch, training=True,
-                            train_size=config.train_size, class_balance=config.class_balance,
-                            seed=config.seed, cache=config.cache,
-                            deterministic=config.deterministic, epochs=(initial_epoch, epochs))
-    steps_per_epoch = -(-images_per_epoch // micro_batch)
-    # only now, with data and model checked: a start that fails leaves no settings behind
-    atomic.write_json(os.path.join(config.model_dir, CONFIG), config.to_json())
-
+    train_ds, steps_per_epoch, images_per_epoch = _train_input(
+        config, strategy, images_per_epoch, initial_epoch, epochs)
     guard = cb.NanGuard()
-    recorder = cb.EpochRecorder(config.model_dir, history, start_time, classifier=model)
     callbacks = [guard, cb.EpochTimer(images_per_epoch),
-                 cb.ValidationMetrics(val_ds, classifier=model),
-                 keras.callbacks.LearningRateScheduler(schedule),
-                 recorder, cb.EpochCheckpoint(checkpoint_dir, recorder, classifier=model),
-                 keras.callbacks.TensorBoard(log_dir, write_graph=False), *extra_callbacks]
+                 keras.callbacks.LearningRateScheduler(schedule)]
+    if chief:
+        history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
+                   if row["epoch"] <= initial_epoch]
+        # wall time counts across resumes: the finished epochs' time, then this session's
+        start_time = session_start - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
+        log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
+        if initial_epoch == 0 and config.log_images:  # a dataset of its own: train_ds's order
+            log_input_images(log_dir, make_dataset(config.data_dir, "train", config.log_images,
+                                                   training=False, verify=False, cache="none"))
+        # only now, with data and model checked: a start that fails leaves no settings behind
+        atomic.write_json(os.path.join(config.model_dir, run_dir.CONFIG), config.to_json())
+        val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False,
+                              cache=config.cache)
+        recorder = cb.EpochRecorder(config.model_dir, history, start_time, classifier=model)
+        callbacks[2:2] = [cb.ValidationMetrics(val_ds, classifier=model)]
+        callbacks += [recorder, cb.EpochCheckpoint(checkpoint_dir, recorder, classifier=model),
+                      keras.callbacks.TensorBoard(log_dir, write_graph=False)]
     if initial_epoch < epochs:
+        loop = TrainLoop(trained, optimizer, strategy, micro_batch, accumulation,
+                         jit_compile=_jit(config.jit_compile))
         try:
-            trained.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                        shuffle=False)
+            loop.fit(train_ds, epochs, initial_epoch, steps_per_epoch,
+                     [*callbacks, *extra_callbacks], verbose)
         except OSError as e:  # a full disk or quota while writing the epoch's files
-            done = (run_dir.checkpoint_state(config.model_dir) or {"epoch": 0})["epoch"]
             raise TrainingError(
                 f"cannot write in {config.model_dir} ({e.strerror or e}); the run is kept as of "
-                f"epoch {done}: make room and re-run the same command to resume") from None
+                f"epoch {_done(config)}: make room and re-run the same command to resume"
+            ) from None
+        except cluster.LOST_WORKER as e:
+            if cluster.num_workers(strategy) == 1:
+                raise
+            raise TrainingError(
+                f"a worker of the cluster stopped or cannot be reached ({_first_line(e)}); the "
+                f"run is kept as of epoch {_done(config)}: start every worker again with the "
+                "same command to resume") from None
     if guard.diverged_at is not None:
         raise TrainingError(
             f"the training loss became NaN/inf in epoch {guard.diverged_at + 1}; the last good "
-            f"checkpoint (epoch {len(recorder.history)}) is kept in {checkpoint_dir}; lower "
+            f"checkpoint (epoch {guard.diverged_at}) is kept in {checkpoint_dir}; lower "
             "--learning_rate or use --precision=float32")
-    return _finish(config, model, recorder.history, policy, strategy,
+    if not chief:
+        return {"status": "worker", "model_dir": config.model_dir, "epochs": epochs}
+    return finish_run(config, model, recorder.history, policy, strategy,
                    epochs, images_per_epoch, start_time, micro_batch)
+
+
+def _done(config: TrainConfig) -> int:
+    """Epochs the run's checkpoint holds."""
+    return (run_dir.checkpoint_state(config.model_dir) or {"epoch": 0})["epoch"]
+
+
+def _first_line(error: Exception) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+
+
+def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, images_per_epoch: int,
+                 initial_epoch: int, epochs: int) -> tuple[Any, int, int]:
+    """(distributed training batches of epochs initial_epoch .. epochs - 1, steps per epoch,
+    images per epoch).
+
+    Each epoch's order depends on (seed, epoch) alone: a resumed run sees what an uninterrupted
+    one would, and every worker takes its part of each global batch of it.
+    """
+    replicas = strategy.num_replicas_in_sync
+    steps_per_epoch = -(-images_per_epoch // config.batch_size)
+    if replicas > 1:  # equal shares: the last, partial batch of an epoch is left out
+        if images_per_epoch < config.batch_size:
+            raise ValueError(f"the training set ({images_per_epoch} images) is smaller than "
+                             f"batch_size ({config.batch_size}), which {replicas} replicas share")
+        steps_per_epoch = images_per_epoch // config.batch_size
+        images_per_epoch = steps_per_epoch * config.batch_size
+
+    def worker_input(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = make_dataset(config.data_dir, "train", config.batch_size, training=True,
+                          train_size=config.train_size, class_balance=config.class_balance,
+                          seed=config.seed, cache=config.cache,
+                          deterministic=config.deterministic, epochs=(initial_epoch, epochs),
+                          drop_remainder=replicas > 1, input_context=context)
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        # each of this worker's replicas takes one share of the global batch
+        return ds.rebatch(config.batch_size // replicas) if local_replicas > 1 else ds
+
+    return (strategy.distribute_datasets_from_function(worker_input), steps_per_epoch,
+            images_per_epoch)
 
 
 def _warm_start(model: keras.Model, run: str) -> None:
@@ -298,41 +249,3 @@ def _warm_start(model: keras.Model, run: str) -> None:
     model.set_weights(source.get_weights())
 
 
-def _finish(config: TrainConfig, model: keras.Model, history: list[dict], policy: str,
-            strategy: tf.distribute.Strategy, epochs: int, images_per_epoch: int,
-            start_time: float, batch_size: int) -> dict[str, Any]:
-    """Evaluates the best model on val and test (at the training's micro-batch size, which is
-    known to fit) and writes summary.json."""
-    best = max(history, key=cb.selection_key)
-    # the best epoch's weights into the trained model: its evaluation function is already
-    # traced, where a model loaded from the file would be rebuilt and traced again
-    model.load_weights(run_dir.best_model_path(config.model_dir))
-    results = {split: evaluate(model, config.data_dir, split, batch_size)
-               for split in ("val", "test")}
-    fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
-    train_seconds = sum(row["train_seconds"] for row in history)
-    images = images_per_epoch * len(history)
-    summary = {
-        "status": "finished",
-        "config": config.to_json(),
-        "epochs": epochs,
-        "parameters": model.count_params(),
-        "precision": policy,
-        "replicas": strategy.num_replicas_in_sync,
-        "provenance": provenance.describe(strategy),
-        "best_epoch": best["epoch"],
-        "val_accuracy": results["val"]["accuracy"],
-        "test_accuracy": results["test"]["accuracy"],
-        "val": results["val"],
-        "test": results["test"],
-        "epochs_to_fit": fit_epoch,
-        "final_train_accuracy": history[-1]["accuracy"],
-        "wall_seconds": round(time.time() - start_time, 1),
-        "train_seconds": round(train_seconds, 1),
-        "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
-    }
-    atomic.write_json(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
-    checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
-    for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else ():
-        os.remove(os.path.join(checkpoint_dir, name))
-    return summary

@@ -1,0 +1,55 @@
+"""The end of a run: its best model evaluated on val and test, summary.json written."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from needles_tf import atomic, provenance, run_dir
+from needles_tf.evaluation.evaluate import evaluate
+from needles_tf.training import callbacks as cb
+from needles_tf.training.config import TrainConfig
+
+
+def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], policy: str,
+            strategy: tf.distribute.Strategy, epochs: int, images_per_epoch: int,
+            start_time: float, batch_size: int) -> dict[str, Any]:
+    """Evaluates the best model on val and test (at the training's micro-batch size, which is
+    known to fit) and writes summary.json."""
+    best = max(history, key=cb.selection_key)
+    # the best epoch's weights into the trained model: its evaluation function is already
+    # traced, where a model loaded from the file would be rebuilt and traced again
+    model.load_weights(run_dir.best_model_path(config.model_dir))
+    results = {split: evaluate(model, config.data_dir, split, batch_size)
+               for split in ("val", "test")}
+    fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
+    train_seconds = sum(row["train_seconds"] for row in history)
+    images = images_per_epoch * len(history)
+    summary = {
+        "status": "finished",
+        "config": config.to_json(),
+        "epochs": epochs,
+        "parameters": model.count_params(),
+        "precision": policy,
+        "replicas": strategy.num_replicas_in_sync,
+        "provenance": provenance.describe(strategy),
+        "best_epoch": best["epoch"],
+        "val_accuracy": results["val"]["accuracy"],
+        "test_accuracy": results["test"]["accuracy"],
+        "val": results["val"],
+        "test": results["test"],
+        "epochs_to_fit": fit_epoch,
+        "final_train_accuracy": history[-1]["accuracy"],
+        "wall_seconds": round(time.time() - start_time, 1),
+        "train_seconds": round(train_seconds, 1),
+        "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
+    }
+    atomic.write_json(os.path.join(config.model_dir, run_dir.SUMMARY), summary)
+    checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
+    for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else ():
+        os.remove(os.path.join(checkpoint_dir, name))
+    return summary
