@@ -14,6 +14,7 @@ import pytest
 from tiny_runs import finish, last_line, start, start_binary, tiny_nmnist
 
 from needles_tf import run_dir
+from needles_tf.training import cluster
 from needles_tf.training.callbacks import read_history
 from needles_tf.training.trainer import TrainConfig, train
 
@@ -97,3 +98,22 @@ def test_two_replicas_and_two_workers_train_as_one_process(tmp_path):
     assert len(losses(model_dir)) == 6
     assert losses(model_dir) == pytest.approx(losses(tmp_path / "single"), rel=1e-4)
     assert sorted(os.listdir(model_dir)) == sorted(os.listdir(tmp_path / "single"))
+
+
+def test_the_cluster_comes_from_tf_config_else_from_the_slurm_job_step(monkeypatch):
+    for name in [v for v in os.environ if v.startswith("SLURM_")] + ["TF_CONFIG"]:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG.*srun"):
+        cluster.resolver()
+    monkeypatch.setenv("TF_CONFIG", "{'cluster': ")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        cluster.resolver()
+    monkeypatch.delenv("TF_CONFIG")
+    # task 1 of a two-node job step, as srun starts it (no GPUs allocated)
+    for name, value in {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2",
+                        "SLURM_STEP_NODELIST": "node[07-08]",
+                        "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}.items():
+        monkeypatch.setenv(name, value)
+    slurm = cluster.resolver()
+    assert slurm.cluster_spec().as_dict() == {"worker": ["node07:8888", "node08:8888"]}
+    assert (slurm.task_type, slurm.task_id) == ("worker", 1)

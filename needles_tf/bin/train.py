@@ -28,11 +28,13 @@ flags.DEFINE_float("width_scale", 1.0, "Capacity scale s (width 64*s).", lower_b
 flags.DEFINE_enum("pooling", "max", ["max", "mean", "logsumexp", "attention"], "Global pooling.")
 flags.DEFINE_boolean("normalization", True, "Instance normalisation in the encoder.")
 flags.DEFINE_integer("epochs", 200, "Epochs (scaled up for small --train_size).", lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Effective batch size.", lower_bound=1)
-flags.DEFINE_string("micro_batch_size", None, "Images per step; gradients of batch_size / "
-                    "micro_batch_size steps are accumulated (default: batch_size). 'auto': the "
-                    "largest divisor of batch_size estimated to fit the device's memory, "
-                    "recorded in config.json (a resume keeps it).")
+flags.DEFINE_integer("batch_size", 32, "Global (effective) batch size: the images of one "
+                     "update, shared by all replicas and workers.", lower_bound=1)
+flags.DEFINE_string("micro_batch_size", None, "Images per forward pass on one replica (device); "
+                    "each replica accumulates the gradients of its share of the batch in "
+                    "passes of this size (default: its whole share). 'auto': the largest "
+                    "divisor of batch_size estimated to fit the device's memory, recorded in "
+                    "config.json (a resume keeps it).")
 flags.DEFINE_enum("remat", "none", list(REMAT), "Rematerialisation (gradient checkpointing): "
                   "'block' keeps only each block's input and recomputes the rest in the backward "
                   "pass (about half the memory per image at 512 x 512, capacity 1, for a "
@@ -53,7 +55,8 @@ flags.DEFINE_integer("seed", 0, "Seed of initialisation, selection and shuffling
 flags.DEFINE_enum("precision", "auto", list(PRECISIONS), "auto: mixed_float16 on GPU, "
                   "float32 on CPU.")
 flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "auto: mirrored over several "
-                  "GPUs; multi_worker reads TF_CONFIG.")
+                  "GPUs; multi_worker: one process per machine, the cluster from TF_CONFIG or "
+                  "from the SLURM job step (srun); the chief (worker 0) writes the run.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on GPU).")
 flags.DEFINE_enum("cache", "auto", ["auto", "memory", "encoded", "none"],
                   "How the training split is held: decoded in memory when it fits (auto), "

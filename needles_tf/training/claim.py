@@ -22,10 +22,11 @@ from needles_tf.training.config import (
 from needles_tf.training.memory import auto_micro_batch
 
 
-def claim(config: TrainConfig, overwrite: bool,
-          holding: contextlib.ExitStack) -> tuple[TrainConfig, int]:
+def claim(config: TrainConfig, overwrite: bool, holding: contextlib.ExitStack,
+          replicas: int = 1) -> tuple[TrainConfig, int]:
     """Takes the model dir for this process (held until `holding` closes); returns the config
-    (micro_batch_size resolved) and the epochs already done, or cluster.FINISHED."""
+    (micro_batch_size resolved for one of `replicas` devices) and the epochs already done, or
+    cluster.FINISHED."""
     try:
         os.makedirs(config.model_dir, exist_ok=True)
         probe = os.path.join(config.model_dir, f".write-test-{os.getpid()}")
@@ -38,7 +39,7 @@ def claim(config: TrainConfig, overwrite: bool,
         holding.enter_context(dir_lock.exclusive(config.model_dir))
     except dir_lock.DirectoryBusy as e:
         raise TrainingError(str(e)) from None
-    config = _resolve_micro_batch(config, overwrite)
+    config = _resolve_micro_batch(config, overwrite, replicas)
     same_run = _check_model_dir(config, overwrite)
     summary_path = os.path.join(config.model_dir, run_dir.SUMMARY)
     if same_run and os.path.exists(summary_path):
@@ -73,19 +74,20 @@ def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
     return False
 
 
-def _resolve_micro_batch(config: TrainConfig, overwrite: bool) -> TrainConfig:
+def _resolve_micro_batch(config: TrainConfig, overwrite: bool, replicas: int) -> TrainConfig:
     """micro_batch_size="auto": the value this run recorded when it started (a resume trains
     as it began), else the largest micro-batch estimated to fit the device."""
     if config.micro_batch_size != "auto":
         return config
     path = os.path.join(config.model_dir, run_dir.CONFIG)
     saved = run_dir.read_json(path).get("micro_batch_size") if os.path.exists(path) else None
-    if isinstance(saved, int) and config.batch_size % saved == 0 and not overwrite:
+    share = max(config.batch_size // replicas, 1)  # each device's part of the batch
+    if isinstance(saved, int) and share % saved == 0 and not overwrite:
         return dataclasses.replace(config, micro_batch_size=saved)
     info = dataset_info(config.data_dir, "train")
     check_input_size(info, config)
     model = build_model(config, info["channels"])
-    micro = auto_micro_batch(model, info["height"], info["width"], config.batch_size,
+    micro = auto_micro_batch(model, info["height"], info["width"], share,
                              config.remat, config.optimizer,
                              bytes_per_value=2 if config.precision.startswith("mixed") else 4)
     return dataclasses.replace(config, micro_batch_size=micro)

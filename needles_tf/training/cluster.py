@@ -35,10 +35,12 @@ def resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
         return tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if "SLURM_PROCID" in os.environ and "SLURM_STEP_NODELIST" in os.environ:
         # SLURM sets SLURM_GPUS_ON_NODE where GPUs are allocated; the resolver then gives each
-        # task its share of them through CUDA_VISIBLE_DEVICES (TensorFlow has not started yet)
+        # task its share of them through CUDA_VISIBLE_DEVICES (TensorFlow has not started yet).
+        # It lists a task per GPU slot only, so nodes without GPUs get nominal slots, unset.
         gpus = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0)
         return tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=SLURM_PORT_BASE, gpus_per_node=gpus, auto_set_gpu=gpus > 0)
+            port_base=SLURM_PORT_BASE, gpus_per_node=gpus or 1024,
+            gpus_per_task=None if gpus else 1, auto_set_gpu=gpus > 0)
     raise ValueError("strategy=multi_worker needs the cluster: set TF_CONFIG (see the README, "
                      "'GPUs and clusters') or start the workers with srun inside a SLURM job")
 

@@ -81,7 +81,8 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     chief = cluster.is_chief(strategy)
     with contextlib.ExitStack() as holding:
         try:
-            config, start = claim(config, overwrite, holding) if chief else (config, 0)
+            config, start = (claim(config, overwrite, holding, strategy.num_replicas_in_sync)
+                             if chief else (config, 0))
         except BaseException:
             cluster.from_chief(strategy, cluster.FAILED)
             raise
