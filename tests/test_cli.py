@@ -1,7 +1,19 @@
-"""The command line as a user meets it: --help of the installed scripts, Ctrl-C and resume."""
+"""The command line as a user meets it: every shipped flagfile that trains runs (a crash
+canary), --help of the installed scripts, Ctrl-C and resume.
+
+Crash canary: each shipped training flagfile runs a few steps and an evaluation in a process
+of its own at the flagfile's own width and batch size, on a small nMNIST canvas (the demo's
+64 x 64 for the demo's flagfiles), so a native crash (SIGSEGV, SIGILL, ...) fails one test
+instead of killing the suite. New flagfiles under flags/ are found by the test: a flagfile trains
+if it sets --epochs. Flagfiles that differ only in their schedule (epochs, learning rate)
+compute the same thing and share one run.
+"""
 
 import gc
+import json
 import os
+import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -9,14 +21,139 @@ import threading
 import time
 
 import pytest
-from tiny_runs import start_binary, tiny_nmnist
+from tiny_runs import WORKTREE, finish, start_binary, tiny_nmnist
 
 from needles_tf import run_dir
-from needles_tf.bin import common
+from needles_tf.bin import common, native_log
+from needles_tf.generation import mnist, nmnist, writer
 from needles_tf.training.callbacks import StopWhenSet
 from needles_tf.training.trainer import TrainConfig, train
 
 SCRIPTS = os.path.dirname(sys.executable)  # run.sh installs the package into this venv
+FLAGS_DIR = pathlib.Path(WORKTREE) / "flags"
+TRAINING_FLAGFILES = sorted(
+    str(p.relative_to(FLAGS_DIR)) for p in FLAGS_DIR.rglob("*.cfg")
+    if any(line.startswith("--epochs=") for line in p.read_text().splitlines()))
+# Flags that change how long the same computation runs, not what it computes.
+SCHEDULE_ONLY = {"epochs", "lr_milestones", "lr_decay", "learning_rate", "seed"}
+
+
+def shipped_settings(flagfile: str) -> dict[str, str]:
+    """The flags a flagfile sets ("--nonormalization" as {"nonormalization": ""})."""
+    lines = (FLAGS_DIR / flagfile).read_text().splitlines()
+    return dict((line[2:].split("=", 1) + [""])[:2] for line in lines if line.startswith("--"))
+
+
+def computation(settings: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """What a training with these flags computes (model, batch, optimizer, precision, ...)."""
+    return tuple(sorted((k, v) for k, v in settings.items() if k not in SCHEDULE_ONLY))
+
+
+# One run per distinct computation: flagfiles that differ only in their schedule (the demo's
+# warm-up and main run) share it.
+CANARY_OF = {flagfile: next(f for f in TRAINING_FLAGFILES
+                            if computation(shipped_settings(f)) ==
+                            computation(shipped_settings(flagfile)))
+             for flagfile in TRAINING_FLAGFILES}
+
+
+def exit_description(returncode: int) -> str:
+    """'exit 0', 'exit 1' or the fatal signal's name ('killed by SIGSEGV')."""
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit {returncode}"
+
+
+def assert_clean_exit(result: subprocess.CompletedProcess, what: str) -> None:
+    tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+    assert result.returncode == 0, f"{what}: {exit_description(result.returncode)}\n{tail}"
+
+
+def canvas_of(flagfile: str) -> int:
+    """The demo's flagfiles run on the demo's 64 x 64 canvas (where oneDNN's AVX-512
+    convolutions crashed); the others, whose data may be of any size, on 32 x 32."""
+    return 64 if flagfile.startswith("demo/") else 32
+
+
+CTRL_C_FLAGS = ("--receptive_field=9", "--blocks=1,1,1,1", "--width_scale=0.0625",
+                "--nonormalization", "--epochs=1000", "--train_size=64", "--reference_size=0",
+                "--batch_size=32", "--log_images=0", "--verbose=0")
+
+
+@pytest.fixture(scope="module")
+def shipped_runs(tmp_path_factory):
+    """Starts together (their TensorFlow starts and tracing overlap on the 2 cores): a run per
+    distinct computation of the shipped flagfiles on 32 / 32 / 32 nMNIST images (one compiled
+    training step at the flagfile's width and batch, where oneDNN crashed, then validation and
+    test), and a long tiny run for the Ctrl-C test. Returns the canary runs' results and the
+    tiny run, still training."""
+    data_dirs = {}
+    for canvas in (32, 64):
+        data_dirs[canvas] = str(tmp_path_factory.mktemp(f"canary_data_{canvas}"))
+        composer = nmnist.NmnistComposer(mnist.load_mnist("embedded"), canvas_size=canvas,
+                                         num_clutter=2)
+        writer.write_dataset(data_dirs[canvas], kind="nmnist", params={"canary": True},
+                              image={"height": canvas, "width": canvas, "channels": 1},
+                              split_sizes={"train": 32, "val": 32, "test": 32},
+                              make_example=composer, num_shards=1, progress=False)
+    runs_root = tmp_path_factory.mktemp("canary_runs")
+    processes = {}
+    for flagfile in sorted(set(CANARY_OF.values())):
+        model_dir = runs_root / flagfile.replace("/", "_")
+        processes[flagfile] = (model_dir, start_binary(
+            "train", f"--flagfile={FLAGS_DIR / flagfile}",
+            f"--data_dir={data_dirs[canvas_of(flagfile)]}", f"--model_dir={model_dir}",
+            "--epochs=1", "--log_images=0"))
+    tiny_data = tiny_nmnist(str(tmp_path_factory.mktemp("cli_data")), 0,
+                            {"train": 1, "val": 1, "test": 1})
+    tiny_dir = tmp_path_factory.mktemp("ctrl_c") / "run"
+    tiny = start_binary("train", *CTRL_C_FLAGS, f"--data_dir={tiny_data}",
+                        f"--model_dir={tiny_dir}")
+    canaries = {flagfile: (model_dir, finish(process, timeout=300))
+                for flagfile, (model_dir, process) in processes.items()}
+    yield canaries, (tiny_data, tiny_dir, tiny)
+    if tiny.poll() is None:
+        tiny.kill()
+        tiny.communicate()
+
+
+def test_the_shipped_training_flagfiles_are_found():
+    assert {"train/paper.cfg", "demo/nmnist_train.cfg"} <= set(TRAINING_FLAGFILES)
+    assert not any(name.startswith("nmnist/") for name in TRAINING_FLAGFILES)
+    # the demos' flagfiles differ in their schedules only and share a run; another width or
+    # batch would not
+    demo = CANARY_OF["demo/nmnist_train.cfg"]
+    for flagfile in ("demo/nmnist_warmup_train.cfg", "demo/ncamelyon_train.cfg"):
+        assert CANARY_OF[flagfile] == demo
+    for flag, value in (("width_scale", "0.125"), ("batch_size", "16")):
+        changed = {**shipped_settings("demo/nmnist_train.cfg"), flag: value}
+        assert computation(changed) != computation(shipped_settings(demo))
+
+
+@pytest.mark.parametrize("flagfile", TRAINING_FLAGFILES)
+def test_flagfile_trains_and_evaluates_without_crashing(shipped_runs, flagfile):
+    model_dir, result = shipped_runs[0][CANARY_OF[flagfile]]
+    assert_clean_exit(result, f"needles-train --flagfile=flags/{CANARY_OF[flagfile]}")
+    summary = json.loads((model_dir / "summary.json").read_text())
+    shipped = shipped_settings(flagfile)
+    assert summary["config"]["normalization"] == ("nonormalization" not in shipped)
+    assert summary["config"]["width_scale"] == float(shipped.get("width_scale", 1))
+    assert summary["config"]["batch_size"] == int(shipped.get("batch_size", 32))
+    assert summary["test"]["count"] == 32 and summary["epochs"] == 1
+    # quiet: no CUDA probe lines on a machine without a GPU, one line per epoch into a pipe
+    if not os.path.exists(native_log.NVIDIA_DRIVER):
+        assert "cuInit" not in result.stderr and "InitializeLog" not in result.stderr
+    assert "did not fully read the dataset" not in result.stderr
+    assert "oneDNN custom operations" not in result.stderr
+    assert re.search(r"^1/1 - .*val_accuracy", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_a_native_crash_fails_the_canary_instead_of_the_suite():
+    crash = subprocess.run([sys.executable, "-c", "import ctypes; ctypes.string_at(0)"],
+                           capture_output=True, text=True, check=False)
+    assert exit_description(crash.returncode) == "killed by SIGSEGV"
+    with pytest.raises(AssertionError, match="killed by SIGSEGV"):
+        assert_clean_exit(crash, "a process that reads address 0")
 
 
 @pytest.mark.parametrize("script, flag", [("needles-train", "--data_dir"),
@@ -33,18 +170,9 @@ def test_installed_scripts_list_their_flags(script, flag):
     assert "cuInit" not in result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return tiny_nmnist(str(tmp_path_factory.mktemp("cli_data")), 0,
-                       {"train": 1, "val": 1, "test": 1})
-
-
-def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tiny_data, tmp_path, capsys):
-    flags = ("--receptive_field=9", "--blocks=1,1,1,1", "--width_scale=0.0625", "--nonormalization",
-             f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'run'}", "--epochs=50",
-             "--train_size=64", "--reference_size=0", "--batch_size=32", "--log_images=0")
-    process = start_binary("train", *flags)
-    checkpoint = tmp_path / "run" / run_dir.CHECKPOINT_DIR / "state.json"
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(shipped_runs, capsys):
+    tiny_data, model_dir, process = shipped_runs[1]
+    checkpoint = model_dir / run_dir.CHECKPOINT_DIR / "state.json"
     deadline = time.time() + 120
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -62,15 +190,15 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tiny_data, tmp_
 
     # the same settings in-process (no second TensorFlow start), with a Ctrl-C whose
     # KeyboardInterrupt was lost before the first batch: it stops training after that batch
-    config = TrainConfig(tiny_data, str(tmp_path / "run"), receptive_field=9,
+    config = TrainConfig(tiny_data, str(model_dir), receptive_field=9,
                          blocks=(1, 1, 1, 1), width_scale=0.0625, normalization=False,
-                         epochs=50, train_size=64, reference_size=0, batch_size=32,
+                         epochs=1000, train_size=64, reference_size=0, batch_size=32,
                          log_images=0)
     pressed = threading.Event()
     pressed.set()
     with pytest.raises(KeyboardInterrupt):
         train(config, verbose=2, extra_callbacks=[StopWhenSet(pressed)])
-    assert f"resuming at epoch {done + 1} of 50" in capsys.readouterr().out.splitlines()
+    assert f"resuming at epoch {done + 1} of 1000" in capsys.readouterr().out.splitlines()
 
 
 class SlowFinaliser:

@@ -78,6 +78,22 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     """
     # first: a multi-worker strategy connects the workers before other TensorFlow work
     strategy = devices.make_strategy(config.strategy)
+    try:
+        return _train_with(strategy, config, verbose, extra_callbacks, overwrite)
+    except cluster.LOST_WORKER as e:
+        if cluster.num_workers(strategy) == 1:
+            raise
+        raise TrainingError(
+            f"a worker of the cluster stopped or cannot be reached ({_first_line(e)}); the run "
+            f"is kept as of epoch {_done(config)}: start every worker again with the same "
+            "command to resume") from None
+
+
+def _train_with(strategy: tf.distribute.Strategy, config: TrainConfig, verbose: int | str,
+                extra_callbacks: Sequence[keras.callbacks.Callback],
+                overwrite: bool) -> dict[str, Any]:
+    """train() under `strategy`: the chief takes the model dir and tells the workers where to
+    start; all train; the workers wait for the chief's final evaluation."""
     chief = cluster.is_chief(strategy)
     with contextlib.ExitStack() as holding:
         try:
@@ -180,13 +196,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
                 f"cannot write in {config.model_dir} ({e.strerror or e}); the run is kept as of "
                 f"epoch {_done(config)}: make room and re-run the same command to resume"
             ) from None
-        except cluster.LOST_WORKER as e:
-            if cluster.num_workers(strategy) == 1:
-                raise
-            raise TrainingError(
-                f"a worker of the cluster stopped or cannot be reached ({_first_line(e)}); the "
-                f"run is kept as of epoch {_done(config)}: start every worker again with the "
-                "same command to resume") from None
     if guard.diverged_at is not None:
         raise TrainingError(
             f"the training loss became NaN/inf in epoch {guard.diverged_at + 1}; the last good "
