@@ -21,7 +21,7 @@ import threading
 import time
 
 import pytest
-from tiny_runs import WORKTREE, finish, start_binary, tiny_nmnist
+from tiny_runs import WORKTREE, finish, start_binary
 
 from needles_tf import run_dir
 from needles_tf.bin import common, native_log
@@ -76,17 +76,17 @@ def canvas_of(flagfile: str) -> int:
 
 
 CTRL_C_FLAGS = ("--receptive_field=9", "--blocks=1,1,1,1", "--width_scale=0.0625",
-                "--nonormalization", "--epochs=1000", "--train_size=64", "--reference_size=0",
-                "--batch_size=32", "--log_images=0", "--verbose=0")
+                "--nonormalization", "--epochs=1000", "--batch_size=32", "--log_images=0",
+                "--verbose=0")
 
 
 @pytest.fixture(scope="module")
 def shipped_runs(tmp_path_factory):
-    """Starts together (their TensorFlow starts and tracing overlap on the 2 cores): a run per
-    distinct computation of the shipped flagfiles on 32 / 32 / 32 nMNIST images (one compiled
-    training step at the flagfile's width and batch, where oneDNN crashed, then validation and
-    test), and a long tiny run for the Ctrl-C test. Returns the canary runs' results and the
-    tiny run, still training."""
+    """Runs two processes at a time on the 2 cores (their TensorFlow starts and tracing
+    overlap): a run per distinct computation of the shipped flagfiles on 32 / 32 / 32 nMNIST
+    images (one compiled training step at the flagfile's width and batch, where oneDNN crashed,
+    then validation and test), and, once a core is free, a long tiny run that gets a Ctrl-C
+    after its first epoch. Returns the canary runs and the tiny run (data, model dir, result)."""
     data_dirs = {}
     for canvas in (32, 64):
         data_dirs[canvas] = str(tmp_path_factory.mktemp(f"canary_data_{canvas}"))
@@ -104,17 +104,22 @@ def shipped_runs(tmp_path_factory):
             "train", f"--flagfile={FLAGS_DIR / flagfile}",
             f"--data_dir={data_dirs[canvas_of(flagfile)]}", f"--model_dir={model_dir}",
             "--epochs=1", "--log_images=0"))
-    tiny_data = tiny_nmnist(str(tmp_path_factory.mktemp("cli_data")), 0,
-                            {"train": 1, "val": 1, "test": 1})
-    tiny_dir = tmp_path_factory.mktemp("ctrl_c") / "run"
-    tiny = start_binary("train", *CTRL_C_FLAGS, f"--data_dir={tiny_data}",
+    while sum(process.poll() is None for _, process in processes.values()) > 1:
+        time.sleep(0.2)
+    tiny_dir = runs_root / "ctrl_c"
+    tiny = start_binary("train", *CTRL_C_FLAGS, f"--data_dir={data_dirs[32]}",
                         f"--model_dir={tiny_dir}")
+    checkpoint = tiny_dir / run_dir.CHECKPOINT_DIR / "state.json"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and tiny.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    # One Ctrl-C, even where it lands in JAX's garbage-collection hook (the test environment
+    # has JAX), which drops its KeyboardInterrupt: training stops after the batch.
+    tiny.send_signal(signal.SIGINT)
+    interrupted = finish(tiny, timeout=60)
     canaries = {flagfile: (model_dir, finish(process, timeout=300))
                 for flagfile, (model_dir, process) in processes.items()}
-    yield canaries, (tiny_data, tiny_dir, tiny)
-    if tiny.poll() is None:
-        tiny.kill()
-        tiny.communicate()
+    return canaries, (data_dirs[32], tiny_dir, interrupted)
 
 
 def test_the_shipped_training_flagfiles_are_found():
@@ -171,16 +176,9 @@ def test_installed_scripts_list_their_flags(script, flag):
 
 
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(shipped_runs, capsys):
-    tiny_data, model_dir, process = shipped_runs[1]
-    checkpoint = model_dir / run_dir.CHECKPOINT_DIR / "state.json"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    # One Ctrl-C, even where it lands in JAX's garbage-collection hook (the test environment
-    # has JAX), which drops its KeyboardInterrupt: training stops after the batch.
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr[-2000:]
+    data_dir, model_dir, result = shipped_runs[1]
+    stderr = result.stderr
+    assert result.returncode == 130, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr
     assert last.startswith("needles-train: interrupted after epoch ")
@@ -190,9 +188,8 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(shipped_runs, c
 
     # the same settings in-process (no second TensorFlow start), with a Ctrl-C whose
     # KeyboardInterrupt was lost before the first batch: it stops training after that batch
-    config = TrainConfig(tiny_data, str(model_dir), receptive_field=9,
-                         blocks=(1, 1, 1, 1), width_scale=0.0625, normalization=False,
-                         epochs=1000, train_size=64, reference_size=0, batch_size=32,
+    config = TrainConfig(data_dir, str(model_dir), receptive_field=9, blocks=(1, 1, 1, 1),
+                         width_scale=0.0625, normalization=False, epochs=1000, batch_size=32,
                          log_images=0)
     pressed = threading.Event()
     pressed.set()

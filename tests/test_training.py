@@ -172,7 +172,7 @@ def test_accumulating_micro_batches_gives_the_update_of_the_whole_batch():
 
     def update(micro_batch: int) -> np.ndarray:
         keras.utils.set_random_seed(5)
-        model = build_classifier(1, receptive_field=9, width_scale=1 / 16)
+        model = build_classifier(1, receptive_field=9, width_scale=1 / 16, blocks=(1, 1, 1, 1))
         # SGD: the update is the gradient itself, so round-off stays round-off (RMSprop's first
         # step, lr * g / sqrt(g^2), turns the sign of a near-zero gradient into a full step)
         optimizer = make_optimizer("sgd", 1e-2)

@@ -21,9 +21,10 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
     """Evaluates the best model on val and test (at the training's micro-batch size, which is
     known to fit) and writes summary.json."""
     best = max(history, key=cb.selection_key)
-    # the best epoch's weights into the trained model: its evaluation function is already
-    # traced, where a model loaded from the file would be rebuilt and traced again
-    model.load_weights(run_dir.best_model_path(config.model_dir))
+    if best["epoch"] != history[-1]["epoch"]:  # else the model holds the best weights already
+        # the best epoch's weights into the trained model: its evaluation function is already
+        # traced, where a model loaded from the file would be rebuilt and traced again
+        model.load_weights(run_dir.best_model_path(config.model_dir))
     results = {split: evaluate(model, config.data_dir, split, batch_size)
                for split in ("val", "test")}
     fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
