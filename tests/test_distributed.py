@@ -19,10 +19,10 @@ from needles_tf.training.callbacks import read_history
 from needles_tf.training.trainer import TrainConfig, train
 
 SETTINGS = dict(receptive_field=9, blocks=(1, 1, 1, 1), width_scale=1 / 16, normalization=False,
-                batch_size=16, train_size=64, reference_size=0, epochs=6, lr_milestones=(5,),
+                batch_size=16, train_size=72, reference_size=0, epochs=6, lr_milestones=(5,),
                 optimizer="adam", learning_rate=2e-3, deterministic=True, log_images=0)
 FLAGS = ("--receptive_field=9", "--blocks=1,1,1,1", "--width_scale=0.0625", "--nonormalization",
-         "--batch_size=16", "--train_size=64", "--reference_size=0", "--epochs=6",
+         "--batch_size=16", "--train_size=72", "--reference_size=0", "--epochs=6",
          "--lr_milestones=5", "--optimizer=adam", "--learning_rate=2e-3", "--deterministic",
          "--log_images=0", "--strategy=multi_worker", "--verbose=2")
 
@@ -55,8 +55,9 @@ def losses(model_dir) -> list[float]:
 
 def test_two_replicas_and_two_workers_train_as_one_process(tmp_path):
     """The global batch of 16 split between two mirrored replicas (each accumulating two
-    micro-batches of 4), or between two workers, gives one device's losses per epoch; the
-    workers' run directory is the one a single process writes."""
+    micro-batches of 4), or between two workers, gives one device's losses per epoch, the
+    last, partial batch of 8 too (one replica's share of it is empty); the workers' run
+    directory is the one a single process writes."""
     data_dir = tiny_nmnist(str(tmp_path / "data"), 0, {"train": 1, "val": 1, "test": 1})
     model_dir = str(tmp_path / "cluster")
     workers = start_workers(data_dir, model_dir)

@@ -129,7 +129,10 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
         epochs: (first, last) makes a training dataset of the epochs first .. last - 1 back to
             back, each epoch's order a function of (seed, epoch) alone; without it each pass
             draws a new order from `seed`.
-        input_context: this pipeline's share of a multi-worker input; each global batch is
+        input_context: this pipeline's part of a distributed input. Training: each element is
+            one replica's share of a global batch (batch_size / replicas images, by position),
+            this pipeline's replicas in turn; a cached split keeps the last, partial batch
+            (shares smaller or empty), a streamed one leaves it out. Evaluation: each batch is
             split between the pipelines by position.
 
     Returns:
@@ -151,14 +154,17 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
     if verify:
         _check_image_size(paths, image)
     parser = Parser(image["height"], image["width"], image["channels"])
-    pipelines, pipeline_id, pipeline_batch = 1, 0, batch_size
+    pipelines, pipeline_id, pipeline_batch, replicas = 1, 0, batch_size, 1
     if input_context is not None:
         pipelines, pipeline_id = (input_context.num_input_pipelines,
                                   input_context.input_pipeline_id)
-        if batch_size % pipelines:
-            raise ValueError(f"batch_size {batch_size} must be divisible by the {pipelines} "
-                             "input pipelines")
+        replicas = input_context.num_replicas_in_sync if training else pipelines
+        if batch_size % replicas or replicas % pipelines:
+            raise ValueError(f"batch_size {batch_size} must be divisible by the {replicas} "
+                             f"replicas, and those by the {pipelines} input pipelines")
         pipeline_batch = batch_size // pipelines
+    # this pipeline's replicas (training): global indices first .. first + local - 1
+    local, share_of_replica = replicas // pipelines, batch_size // replicas
     ordered = deterministic or not training
 
     # (position, serialized): position = rank of the record among the selected ones
@@ -198,15 +204,17 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
             records = records.map(lambda _, encoded, label: (encoded, label))
             buffer = max(1, min(share, SHUFFLE_BYTES * selected // max(encoded_bytes, 1)))
             per_epoch = _batches(share, pipeline_batch, drop_remainder)
-            if pipelines > 1:  # shares differ by an image: every pipeline takes as many batches
-                per_epoch = selected // batch_size
+            stream_batch = pipeline_batch
+            if replicas > 1:  # shares differ by an image: all take whole shares, as many
+                per_epoch, stream_batch = local * (selected // batch_size), share_of_replica
             ds = epoch_seeds.flat_map(lambda s: _streamed_epoch(
                 records, parser, buffer, s, oversample, share, ordered).batch(
-                    pipeline_batch, drop_remainder=drop_remainder).take(per_epoch))
+                    stream_batch, drop_remainder=drop_remainder or replicas > 1).take(per_epoch))
         else:
             ds, per_epoch = _cached_epochs(records, parser, kind, selected, epoch_seeds,
-                                           oversample, batch_size, drop_remainder, pipelines,
-                                           pipeline_id)
+                                           oversample, batch_size, drop_remainder,
+                                           range(pipeline_id * local, (pipeline_id + 1) * local),
+                                           share_of_replica)
         batches = per_epoch * num_epochs
     ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     options = tf.data.Options()
@@ -253,8 +261,13 @@ def _epoch_seeds(seed: int, epochs: tuple[int, int] | None) -> tuple[tf.data.Dat
 
 def _cached_epochs(records, parser: Parser, kind: str, selected: int,
                    epoch_seeds: tf.data.Dataset, oversample: bool, batch_size: int,
-                   drop_remainder: bool, pipelines: int, pipeline_id: int):
-    """Epochs gathered from an IndexedCache; returns (dataset, batches per epoch)."""
+                   drop_remainder: bool, replicas: range, share: int):
+    """Epochs gathered from an IndexedCache; returns (dataset, batches per epoch).
+
+    Under several replicas each element is one replica's share of a global batch (positions
+    share * g .. share * (g + 1) - 1 for replica g; in the last, partial batch of an epoch some
+    shares are smaller or empty), the shares of `replicas` in turn.
+    """
     if kind == "decoded":
         values = records.map(
             lambda position, encoded, label: (position, parser.decode_image(encoded), label),
@@ -275,18 +288,14 @@ def _cached_epochs(records, parser: Parser, kind: str, selected: int,
         positions = (order.oversampled_order(labels, seed) if oversample
                      else order.shuffled_order(selected, seed))
         ds = tf.data.Dataset.from_tensor_slices(positions)
-        if pipelines > 1:  # every pipeline takes its part of each global batch
-            share = batch_size // pipelines
-            ds = ds.batch(batch_size, drop_remainder=True).map(
-                lambda b: b[pipeline_id * share:(pipeline_id + 1) * share])
-        else:
-            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if share < batch_size:  # several replicas: each element one share, this pipeline's
+            ds = ds.flat_map(lambda b: tf.data.Dataset.from_tensor_slices(
+                tf.constant(list(replicas), tf.int64)).map(lambda g: b[g * share:(g + 1) * share]))
         return ds
 
     ds = epoch_seeds.flat_map(epoch).map(cache.gather)
-    per_epoch = (selected // batch_size if pipelines > 1
-                 else _batches(selected, batch_size, drop_remainder))
-    return ds, per_epoch
+    return ds, _batches(selected, batch_size, drop_remainder) * len(replicas)
 
 
 def _streamed_epoch(records, parser: Parser, buffer: int, seed, oversample: bool,

@@ -50,14 +50,17 @@ class TrainLoop:
 
     def _step(self, iterator) -> tf.Tensor:
         """One global batch: [loss sum, correct predictions, images] over every replica."""
-        per_replica = self.strategy.run(self.replica_step, args=next(iterator))
+        images, labels = next(iterator)
+        # the global batch's size: the shares differ in an epoch's last, partial batch
+        counts = self.strategy.run(lambda y: tf.cast(tf.shape(y)[0], tf.float32), args=(labels,))
+        global_count = self.strategy.reduce(SUM, counts, axis=None)
+        per_replica = self.strategy.run(self.replica_step, args=(images, labels, global_count))
         return self.strategy.reduce(SUM, per_replica, axis=None)
 
-    def _replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    def _replica_step(self, images: tf.Tensor, labels: tf.Tensor,
+                      global_count: tf.Tensor) -> tf.Tensor:
         count = tf.shape(labels)[0]
-        # every replica gets the same share (multi-replica batches drop the remainder), so the
-        # global batch is this replica's share times the replicas
-        global_count = tf.cast(count * self.strategy.num_replicas_in_sync, tf.float32)
+        global_count = tf.maximum(global_count, 1.0)
         variables = self.model.trainable_variables
 
         def micro_step(x, y):

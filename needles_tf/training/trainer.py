@@ -223,29 +223,30 @@ def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, images_p
     images per epoch).
 
     Each epoch's order depends on (seed, epoch) alone: a resumed run sees what an uninterrupted
-    one would, and every worker takes its part of each global batch of it.
+    one would, and every replica takes its share of each global batch of it, so the training
+    does not depend on the number of replicas or workers.
     """
-    replicas = strategy.num_replicas_in_sync
-    steps_per_epoch = -(-images_per_epoch // config.batch_size)
-    if replicas > 1:  # equal shares: the last, partial batch of an epoch is left out
-        if images_per_epoch < config.batch_size:
-            raise ValueError(f"the training set ({images_per_epoch} images) is smaller than "
-                             f"batch_size ({config.batch_size}), which {replicas} replicas share")
-        steps_per_epoch = images_per_epoch // config.batch_size
-        images_per_epoch = steps_per_epoch * config.batch_size
+    elements = {}
 
     def worker_input(context: tf.distribute.InputContext) -> tf.data.Dataset:
         ds = make_dataset(config.data_dir, "train", config.batch_size, training=True,
                           train_size=config.train_size, class_balance=config.class_balance,
                           seed=config.seed, cache=config.cache,
                           deterministic=config.deterministic, epochs=(initial_epoch, epochs),
-                          drop_remainder=replicas > 1, input_context=context)
+                          input_context=context)
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-        # each of this worker's replicas takes one share of the global batch
-        return ds.rebatch(config.batch_size // replicas) if local_replicas > 1 else ds
+        elements["per_step"], elements["count"] = local_replicas, int(ds.cardinality())
+        return ds
 
-    return (strategy.distribute_datasets_from_function(worker_input), steps_per_epoch,
-            images_per_epoch)
+    distributed = strategy.distribute_datasets_from_function(worker_input)
+    steps_per_epoch = elements["count"] // elements["per_step"] // max(epochs - initial_epoch, 1)
+    if not steps_per_epoch and epochs > initial_epoch:
+        raise ValueError(f"the training set ({images_per_epoch} images) gives no whole batch of "
+                         f"{config.batch_size} for the {strategy.num_replicas_in_sync} replicas "
+                         "(a streamed split, --cache=none, trains on whole batches only)")
+    # a streamed split under several replicas leaves out the last, partial batch
+    return (distributed, steps_per_epoch,
+            min(images_per_epoch, steps_per_epoch * config.batch_size))
 
 
 def _warm_start(model: keras.Model, run: str) -> None:
