@@ -80,6 +80,11 @@ def checkpoint_state(model_dir: str) -> dict[str, Any] | None:
     return read_json(path) if os.path.exists(path) else None
 
 
+def committed_epochs(model_dir: str) -> int:
+    """Epochs the run's checkpoint holds (0 without one): where a resume starts."""
+    return (checkpoint_state(model_dir) or {"epoch": 0})["epoch"]
+
+
 def has_finished_epoch(model_dir: str) -> bool:
     """Whether the run in `model_dir` has finished an epoch (from then on it is kept)."""
     return any(os.path.exists(os.path.join(model_dir, name)) for name in (METRICS, SUMMARY)) \

@@ -102,7 +102,7 @@ def main(argv):
     except (TrainingError, ValueError, run_dir.RunDirError) as e:
         sys.exit(f"needles-train: error: {e}")
     except KeyboardInterrupt:
-        done = (run_dir.checkpoint_state(FLAGS.model_dir) or {"epoch": 0})["epoch"]
+        done = run_dir.committed_epochs(FLAGS.model_dir)
         print(f"\nneedles-train: interrupted after epoch {done}; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)

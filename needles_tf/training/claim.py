@@ -45,9 +45,8 @@ def claim(config: TrainConfig, overwrite: bool, holding: contextlib.ExitStack,
     if same_run and os.path.exists(summary_path):
         if run_dir.read_summary(config.model_dir).get("status") == "finished":
             return config, cluster.FINISHED
-    checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
-    cb.EpochCheckpoint.publish_best(checkpoint_dir)
-    return config, (cb.EpochCheckpoint.saved_state(checkpoint_dir) or {"epoch": 0})["epoch"]
+    cb.EpochCheckpoint.publish_best(os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
+    return config, run_dir.committed_epochs(config.model_dir)
 
 
 def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:

@@ -83,10 +83,11 @@ def train(config: TrainConfig, verbose: int | str = "auto",
     except cluster.LOST_WORKER as e:
         if cluster.num_workers(strategy) == 1:
             raise
+        done = run_dir.committed_epochs(config.model_dir)
         raise TrainingError(
             f"a worker of the cluster stopped or cannot be reached ({_first_line(e)}); the run "
-            f"is kept as of epoch {_done(config)}: start every worker again with the same "
-            "command to resume") from None
+            f"is kept as of epoch {done}: start every worker again with the same command to "
+            "resume") from None
 
 
 def _train_with(strategy: tf.distribute.Strategy, config: TrainConfig, verbose: int | str,
@@ -166,8 +167,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
     train_ds, steps_per_epoch, images_per_epoch = _train_input(
         config, strategy, images_per_epoch, initial_epoch, epochs)
     guard = cb.NanGuard()
-    callbacks = [guard, cb.EpochTimer(images_per_epoch),
-                 keras.callbacks.LearningRateScheduler(schedule)]
+    callbacks = [guard, cb.EpochTimer(images_per_epoch)]
     if chief:
         history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
                    if row["epoch"] <= initial_epoch]
@@ -182,9 +182,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False,
                               cache=config.cache)
         recorder = cb.EpochRecorder(config.model_dir, history, start_time, classifier=model)
-        callbacks[2:2] = [cb.ValidationMetrics(val_ds, classifier=model)]
-        callbacks += [recorder, cb.EpochCheckpoint(checkpoint_dir, recorder, classifier=model),
+        callbacks += [cb.ValidationMetrics(val_ds, classifier=model),
+                      keras.callbacks.LearningRateScheduler(schedule), recorder,
+                      cb.EpochCheckpoint(checkpoint_dir, recorder, classifier=model),
                       keras.callbacks.TensorBoard(log_dir, write_graph=False)]
+    else:  # a worker keeps the schedule and writes nothing
+        callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
     if initial_epoch < epochs:
         loop = TrainLoop(trained, optimizer, strategy, micro_batch, accumulation,
                          jit_compile=_jit(config.jit_compile))
@@ -192,10 +195,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
             loop.fit(train_ds, epochs, initial_epoch, steps_per_epoch,
                      [*callbacks, *extra_callbacks], verbose)
         except OSError as e:  # a full disk or quota while writing the epoch's files
+            done = run_dir.committed_epochs(config.model_dir)
             raise TrainingError(
                 f"cannot write in {config.model_dir} ({e.strerror or e}); the run is kept as of "
-                f"epoch {_done(config)}: make room and re-run the same command to resume"
-            ) from None
+                f"epoch {done}: make room and re-run the same command to resume") from None
     if guard.diverged_at is not None:
         raise TrainingError(
             f"the training loss became NaN/inf in epoch {guard.diverged_at + 1}; the last good "
@@ -205,11 +208,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         return {"status": "worker", "model_dir": config.model_dir, "epochs": epochs}
     return finish_run(config, model, recorder.history, policy, strategy,
                    epochs, images_per_epoch, start_time, micro_batch)
-
-
-def _done(config: TrainConfig) -> int:
-    """Epochs the run's checkpoint holds."""
-    return (run_dir.checkpoint_state(config.model_dir) or {"epoch": 0})["epoch"]
 
 
 def _first_line(error: Exception) -> str:
