@@ -10,7 +10,7 @@ import tensorflow as tf
 from needles_tf.data import metadata, schema
 from needles_tf.generation import nmnist
 from needles_tf.input import dataset_info, make_dataset
-from needles_tf.input.noise import make_noise_dataset
+from needles_tf.input.noise import NoiseSpec, make_noise_dataset
 from needles_tf.input.order import select_indices
 
 
@@ -150,7 +150,8 @@ def test_corrupt_shard_is_named(data_dir, tmp_path):
 def test_noise_is_deterministic_per_seed():
     def pairs(seed, training):
         out = {}
-        for images, labels in make_noise_dataset(40, 8, 8, 1, 16, seed, training):
+        spec = NoiseSpec(8, 8, 1, 40)
+        for images, labels in make_noise_dataset(spec, "train", 16, training, seed=seed):
             out.update({im.tobytes(): int(y) for im, y in zip(images.numpy(), labels.numpy())})
         return out
 

@@ -18,6 +18,10 @@ from needles_tf.training.schedule import REFERENCE_SIZE
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Dataset directory (dataset.json + TFRecords).")
+flags.DEFINE_string("noise", None, "Instead of --data_dir: train on isotropic Gaussian noise "
+                    "with random labels (the memorisation experiment), SIZE:COUNT (COUNT "
+                    "training images of SIZE x SIZE), HxW:COUNT or HxWxC:COUNT; val and test "
+                    "are other noise (at most 512 images each).")
 flags.DEFINE_string("model_dir", None, "Run directory (created; re-use resumes the run).")
 flags.DEFINE_integer("receptive_field", 33, "Receptive field preset: 9, 33 or 177.")
 flags.DEFINE_list("k3", None, "3x3 blocks per stage, e.g. 1,1,1,1 (overrides "
@@ -72,11 +76,14 @@ flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", l
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line per epoch, 0 none "
                      "(default: a bar on a terminal, else a line per epoch).", lower_bound=0,
                      upper_bound=2)
-flags.mark_flags_as_required(["data_dir", "model_dir"])
+flags.mark_flags_as_required(["model_dir"])
+flags.mark_flags_as_mutual_exclusive(["data_dir", "noise"], required=True)
 
 
 def main(argv):
     common.no_arguments(argv)
+    if FLAGS.noise:
+        _check_noise_flags()
     from needles_tf.training.callbacks import StopWhenSet
     from needles_tf.training.trainer import TrainConfig, TrainingError, train
 
@@ -94,7 +101,7 @@ def main(argv):
         seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, deterministic=FLAGS.deterministic,
         log_images=FLAGS.log_images,
-        init_from=FLAGS.init_from, remat=FLAGS.remat)
+        init_from=FLAGS.init_from, remat=FLAGS.remat, noise=FLAGS.noise)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:
         summary = train(config, verbose=verbose, overwrite=FLAGS.overwrite,
@@ -110,6 +117,19 @@ def main(argv):
         print(f"{FLAGS.model_dir}: this worker's part is done; the chief wrote the run")
         return
     print(result_line(FLAGS.model_dir, summary))
+
+
+def _check_noise_flags() -> None:
+    """--noise names its own size: it takes no selection from a dataset."""
+    from needles_tf.input.noise import NoiseSpec
+
+    try:
+        NoiseSpec.parse(FLAGS.noise)
+    except ValueError as e:
+        raise app.UsageError(f"--{e}") from None
+    if FLAGS.train_size is not None or FLAGS.class_balance != 0.5:
+        raise app.UsageError("--noise sets the training set's size (its COUNT) and has random "
+                             "labels: leave out --train_size and --class_balance")
 
 
 def _micro_batch(value: str | None) -> int | str | None:

@@ -1,32 +1,127 @@
 """Gaussian-noise data of the memorisation experiment, generated on the fly, never stored.
 
-Image i is N(0, 1) noise from a stateless generator keyed by (seed, i) and its label is entry i of
-a label vector fixed by the seed, so every epoch (and every run with that seed) sees the same
-image-label pairs, in whatever order shuffling visits them.
+The paper's randomised control (after Zhang et al., 2017): can a BagNet fit images of isotropic
+Gaussian noise with random labels as well as it fits nMNIST? Image i of a split is N(0, 1) noise
+from a stateless generator keyed by (seed, split, i); its label is entry i of a label vector fixed
+by (seed, split). So every epoch, every resume and every worker sees the same image-label pairs,
+in the order (seed, epoch) gives, and val / test are other noise (accuracy there is chance).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from typing import Any
+
 import tensorflow as tf
 
-_LABEL_STREAM = 0x1AB31  # separates the label generator from the image generators
+from needles_tf.input import order
+
+_LABEL_STREAM = 0x1AB31  # separates the label generators from the image generators
+_SPLITS = {"train": 0, "val": 1, "test": 2}
+EVAL_IMAGES = 512  # images of val and test (at most the training count)
+_SPEC = re.compile(r"^(\d+)(?:x(\d+))?(?:x(\d+))?:(\d+)$")
 
 
-def make_noise_dataset(num_images: int, height: int, width: int, channels: int,
-                       batch_size: int, seed: int, training: bool) -> tf.data.Dataset:
-    """Batches (image float32 [B, H, W, C] ~ N(0, 1), label int32 [B] in {0, 1})."""
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    labels = tf.random.stateless_uniform([num_images], seed=[seed, _LABEL_STREAM], minval=0,
-                                         maxval=2, dtype=tf.int32)
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec:
+    """Size and count of a noise dataset: `count` training images of height x width x channels."""
 
-    def make(index):
-        image = tf.random.stateless_normal(
-            [height, width, channels], seed=tf.stack([tf.cast(seed, tf.int64), index]))
-        return image, tf.gather(labels, index)
+    height: int
+    width: int
+    channels: int
+    count: int
 
-    ds = tf.data.Dataset.range(num_images)
-    if training:
-        ds = ds.shuffle(num_images, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    @classmethod
+    def parse(cls, text: str) -> NoiseSpec:
+        """'SIZE:COUNT' (square, one channel), 'HxW:COUNT' or 'HxWxC:COUNT', e.g. '64:11276'.
+
+        Raises:
+            ValueError: another form, or a zero size or count.
+        """
+        match = _SPEC.match(text.strip())
+        if not match:
+            raise ValueError(f"noise {text!r}: expected SIZE:COUNT, HxW:COUNT or HxWxC:COUNT, "
+                             "e.g. 64:11276 (11276 training images of 64 x 64)")
+        height, width, channels, count = match.groups()
+        spec = cls(int(height), int(width or height), int(channels or 1), int(count))
+        if min(spec.height, spec.width, spec.channels, spec.count) < 1:
+            raise ValueError(f"noise {text!r}: sizes and count must be >= 1")
+        return spec
+
+    def split_count(self, split: str) -> int:
+        if split not in _SPLITS:
+            raise ValueError(f"noise data has the splits {sorted(_SPLITS)}, not {split!r}")
+        return self.count if split == "train" else min(self.count, EVAL_IMAGES)
+
+    def info(self, split: str, seed: int) -> dict[str, Any]:
+        """The split's size and label counts, as input.dataset_info gives them for a dataset."""
+        positives = int(tf.reduce_sum(_labels(self.split_count(split), seed, split)))
+        return {"height": self.height, "width": self.width, "channels": self.channels,
+                "count": self.split_count(split), "positives": positives,
+                "negatives": self.split_count(split) - positives, "kind": "noise"}
+
+
+def _labels(count: int, seed: int, split: str) -> tf.Tensor:
+    return tf.random.stateless_uniform([count], seed=[seed, _LABEL_STREAM + _SPLITS[split]],
+                                       minval=0, maxval=2, dtype=tf.int32)
+
+
+def make_noise_dataset(spec: NoiseSpec, split: str, batch_size: int, training: bool, *,
+                       seed: int = 0, epochs: tuple[int, int] | None = None,
+                       input_context: tf.distribute.InputContext | None = None
+                       ) -> tf.data.Dataset:
+    """Batches (image float32 [B, H, W, C] ~ N(0, 1), label int32 [B] in {0, 1}) of one split.
+
+    Args and element layout as input.make_dataset: training shuffles every epoch (the order a
+    function of (seed, epoch) when `epochs` = (first, last) is given, else of seed and pass);
+    with `input_context` each element is one replica's share of a global batch of
+    `batch_size`, this pipeline's replicas in turn (the last batch's shares smaller or empty).
+    Evaluation reads in index order.
+    """
+    count = spec.split_count(split)
+    labels = _labels(count, seed, split)
+    stream = tf.constant(_SPLITS[split] << 40, tf.int64)
+    shape = (spec.height, spec.width, spec.channels)
+
+    def image(index):
+        return tf.random.stateless_normal(shape, seed=tf.stack([tf.cast(seed, tf.int64),
+                                                                 stream + index]))
+
+    def images_of(indices):
+        return (tf.map_fn(image, indices, fn_output_signature=tf.TensorSpec(shape, tf.float32)),
+                tf.gather(labels, indices))
+
+    if not training:
+        ds = tf.data.Dataset.range(count).batch(batch_size)
+        batches = -(-count // batch_size)
+    else:
+        replicas, pipelines, pipeline_id = 1, 1, 0
+        if input_context is not None:
+            replicas = input_context.num_replicas_in_sync
+            pipelines, pipeline_id = (input_context.num_input_pipelines,
+                                      input_context.input_pipeline_id)
+        if batch_size % replicas:
+            raise ValueError(f"batch_size {batch_size} must be divisible by the {replicas} "
+                             "replicas")
+        local, share = replicas // pipelines, batch_size // replicas
+        first = pipeline_id * local
+
+        def epoch_batches(epoch_seed):
+            shuffled = tf.random.experimental.stateless_shuffle(
+                tf.range(count, dtype=tf.int64),
+                seed=tf.stack([epoch_seed, tf.constant(_LABEL_STREAM, tf.int64)]))
+            return tf.data.Dataset.from_tensor_slices(shuffled).batch(batch_size).flat_map(
+                lambda batch: tf.data.Dataset.range(first, first + local).map(
+                    lambda r: batch[r * share:(r + 1) * share]))
+
+        if epochs is None:  # one pass; each pass draws a new order from `seed`
+            seeds, num_epochs = tf.data.Dataset.random(
+                seed=seed, rerandomize_each_iteration=True).take(1), 1
+        else:
+            seeds = tf.data.Dataset.range(*epochs).map(lambda e: order.epoch_seed(seed, e))
+            num_epochs = max(epochs[1] - epochs[0], 0)
+        ds = seeds.flat_map(epoch_batches)
+        batches = -(-count // batch_size) * local * num_epochs
+    ds = ds.map(images_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)

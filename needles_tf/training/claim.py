@@ -8,7 +8,6 @@ import dataclasses
 import os
 
 from needles_tf import atomic, dir_lock, run_dir
-from needles_tf.input import dataset_info
 from needles_tf.models.bagnet import STAGE_BLOCKS
 from needles_tf.training import callbacks as cb
 from needles_tf.training import cluster
@@ -19,6 +18,7 @@ from needles_tf.training.config import (
     build_model,
     check_input_size,
 )
+from needles_tf.training.data import split_info
 from needles_tf.training.memory import auto_micro_batch
 
 
@@ -83,7 +83,7 @@ def _resolve_micro_batch(config: TrainConfig, overwrite: bool, replicas: int) ->
     share = max(config.batch_size // replicas, 1)  # each device's part of the batch
     if isinstance(saved, int) and share % saved == 0 and not overwrite:
         return dataclasses.replace(config, micro_batch_size=saved)
-    info = dataset_info(config.data_dir, "train")
+    info = split_info(config, "train")
     check_input_size(info, config)
     model = build_model(config, info["channels"])
     micro = auto_micro_batch(model, info["height"], info["width"], share,

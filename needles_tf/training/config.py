@@ -21,7 +21,7 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Every knob of a run (the needles-train flags)."""
 
-    data_dir: str
+    data_dir: str | None
     model_dir: str
     receptive_field: int | None = 33
     k3: Sequence[int] | None = None
@@ -48,13 +48,14 @@ class TrainConfig:
     log_images: int = 8
     init_from: str | None = None
     remat: str = "none"
+    noise: str | None = None  # instead of data_dir: Gaussian noise, "SIZE:COUNT" (input/noise.py)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["k3"] = list(resolve_k3(self.receptive_field if self.k3 is None else None, self.k3))
         d["blocks"] = list(self.blocks)
         d["lr_milestones"] = list(self.lr_milestones)
-        d["data_dir"] = os.path.abspath(self.data_dir)
+        d["data_dir"] = self.data_dir and os.path.abspath(self.data_dir)
         d["model_dir"] = os.path.abspath(self.model_dir)
         d["init_from"] = self.init_from and os.path.abspath(self.init_from)
         return d
@@ -73,5 +74,6 @@ def check_input_size(info: dict, config: TrainConfig) -> None:
     k3 = resolve_k3(config.receptive_field if config.k3 is None else None, config.k3)
     smallest = min_input_size(k3)
     if info["height"] and min(info["height"], info["width"]) < smallest:
-        raise ValueError(f"{config.data_dir}: images of {info['height']}x{info['width']} are "
+        source = config.data_dir or f"noise {config.noise}"
+        raise ValueError(f"{source}: images of {info['height']}x{info['width']} are "
                          f"smaller than the model's minimum input size {smallest} (k3={k3})")

@@ -10,9 +10,9 @@ import keras
 import tensorflow as tf
 
 from needles_tf import atomic, provenance, run_dir
-from needles_tf.evaluation.evaluate import evaluate
 from needles_tf.training import callbacks as cb
 from needles_tf.training.config import TrainConfig
+from needles_tf.training.data import describe, evaluate_split
 
 
 def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], policy: str,
@@ -25,7 +25,7 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
         # the best epoch's weights into the trained model: its evaluation function is already
         # traced, where a model loaded from the file would be rebuilt and traced again
         model.load_weights(run_dir.best_model_path(config.model_dir))
-    results = {split: evaluate(model, config.data_dir, split, batch_size)
+    results = {split: evaluate_split(model, config, split, batch_size)
                for split in ("val", "test")}
     fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
     train_seconds = sum(row["train_seconds"] for row in history)
@@ -33,6 +33,7 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
     summary = {
         "status": "finished",
         "config": config.to_json(),
+        "dataset": describe(config),
         "epochs": epochs,
         "parameters": model.count_params(),
         "precision": policy,

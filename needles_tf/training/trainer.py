@@ -19,13 +19,13 @@ import keras
 import tensorflow as tf
 
 from needles_tf import atomic, run_dir
-from needles_tf.input import dataset_info, make_dataset
 from needles_tf.input.order import selection_counts
 from needles_tf.models.remat import rematerialised
 from needles_tf.training import callbacks as cb
 from needles_tf.training import cluster, devices
 from needles_tf.training.claim import claim
 from needles_tf.training.config import TrainConfig, TrainingError, build_model, check_input_size
+from needles_tf.training.data import evaluation_batches, split_info, training_batches
 from needles_tf.training.loop import TrainLoop
 from needles_tf.training.optimizers import make_optimizer
 from needles_tf.training.schedule import scale_epochs, step_learning_rate
@@ -124,7 +124,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
            extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
     """Trains from `initial_epoch` on; the chief (which holds the model dir) writes the run."""
     session_start = time.time()
-    info = dataset_info(config.data_dir, "train")
+    info = split_info(config, "train")
     check_input_size(info, config)
 
     keras.utils.set_random_seed(config.seed)
@@ -136,8 +136,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
                                       config.reference_size)
     schedule = step_learning_rate(config.learning_rate, milestones, config.lr_decay)
 
-    images_per_epoch = sum(selection_counts(info["positives"], info["negatives"],
-                                            config.train_size, config.class_balance))
+    images_per_epoch = info["count"] if config.noise else sum(selection_counts(
+        info["positives"], info["negatives"], config.train_size, config.class_balance))
     if verbose and images_per_epoch < info["count"] and config.train_size is None:
         print(f"class_balance {config.class_balance:g}: training on {images_per_epoch} of the "
               f"{info['count']} training images (the largest selection with that balance)",
@@ -175,12 +175,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         start_time = session_start - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
         log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
         if initial_epoch == 0 and config.log_images:  # a dataset of its own: train_ds's order
-            log_input_images(log_dir, make_dataset(config.data_dir, "train", config.log_images,
-                                                   training=False, verify=False, cache="none"))
+            log_input_images(log_dir, evaluation_batches(config, "train", config.log_images,
+                                                         cache="none", verify=False))
         # only now, with data and model checked: a start that fails leaves no settings behind
         atomic.write_json(os.path.join(config.model_dir, run_dir.CONFIG), config.to_json())
-        val_ds = make_dataset(config.data_dir, "val", micro_batch, training=False,
-                              cache=config.cache)
+        val_ds = evaluation_batches(config, "val", micro_batch, cache=config.cache)
         recorder = cb.EpochRecorder(config.model_dir, history, start_time, classifier=model)
         callbacks += [cb.ValidationMetrics(val_ds, classifier=model),
                       keras.callbacks.LearningRateScheduler(schedule), recorder,
@@ -227,11 +226,7 @@ def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, images_p
     elements = {}
 
     def worker_input(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds = make_dataset(config.data_dir, "train", config.batch_size, training=True,
-                          train_size=config.train_size, class_balance=config.class_balance,
-                          seed=config.seed, cache=config.cache,
-                          deterministic=config.deterministic, epochs=(initial_epoch, epochs),
-                          input_context=context)
+        ds = training_batches(config, (initial_epoch, epochs), context)
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
         elements["per_step"], elements["count"] = local_replicas, int(ds.cardinality())
         return ds
