@@ -18,9 +18,13 @@ from needles_tf.generation import mnist, nmnist
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Dataset directory; default "
                     "tfrecords/nmnist_<canvas>_<clutter>_<mnist kind>.")
-flags.DEFINE_integer("canvas_size", 64, "Canvas height = width in pixels (>= 28).", lower_bound=28)
+flags.DEFINE_integer("canvas_size", 64, "Canvas height = width in pixels (>= the digit size).",
+                     lower_bound=4)
 flags.DEFINE_integer("num_clutter", 2, "Clutter digits per positive image (negatives get one "
                      "more).", lower_bound=0)
+flags.DEFINE_integer("digit_size", 28, "Digits resized to this many pixels (the paper: 28): "
+                     "the same O2I ratio at a smaller canvas (e.g. 14: O2I 1.2 % at 128).",
+                     lower_bound=4, upper_bound=28)
 flags.DEFINE_integer("needle_digit", 3, "The digit to find.", lower_bound=0, upper_bound=9)
 flags.DEFINE_integer("duplicates", 2, "Positives per needle digit in val and test.",
                      lower_bound=0)
@@ -48,7 +52,8 @@ def main(argv):
             duplicates={"train": FLAGS.train_duplicates, "val": FLAGS.duplicates,
                         "test": FLAGS.duplicates},
             mnist_source=FLAGS.mnist, seed=FLAGS.seed, num_shards=FLAGS.num_shards,
-            workers=FLAGS.workers, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+            workers=FLAGS.workers, overwrite=FLAGS.overwrite, progress=FLAGS.progress,
+            digit_size=FLAGS.digit_size)
     except (mnist.MnistSourceError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-make-nmnist: error: {e}")  # a data problem: no usage text
     counts = ", ".join(f"{s} {v['count']} ({v['positives']} positive)"

@@ -8,10 +8,13 @@ Composition (paper, appendix A.1), per split of the MNIST source:
   (one negative per positive). Positive p uses needle number p % num_needles, so each needle
   digit is used `duplicates[split]` times and the first num_needles pairs use each once.
 * Positive: the needle plus `num_clutter` clutter digits; negative: num_clutter + 1 clutter
-  digits. Clutter is drawn with replacement. Digits keep 28x28 and are placed with their top-left
-  corner uniform in [0, canvas - 28], i.e. fully inside; overlapping pixels add and saturate at
-  255 (uint8). The needle's box (ymin, xmin, ymax, xmax; max exclusive) and O2I = 28^2 / canvas^2
-  are recorded.
+  digits. Clutter is drawn with replacement. Digits keep 28x28 (or are resized to digit_size,
+  see below) and are placed with their top-left corner uniform in [0, canvas - 28], i.e. fully
+  inside; overlapping pixels add and saturate at 255 (uint8). The needle's box (ymin, xmin, ymax,
+  xmax; max exclusive) and O2I = 28^2 / canvas^2 are recorded.
+* digit_size (not the paper's): digits resized to digit_size^2 (anti-aliased), so a given O2I
+  ratio comes at a smaller canvas, e.g. 14 px digits give O2I 1.2 % at 128 x 128 instead of
+  256 x 256: a quarter of the pixels, for studies that must run small.
 * Every image draws from its own generator seeded by (seed, split, index), so the data set is the
   same whatever the number of worker processes or the order images are made in.
 
@@ -35,9 +38,9 @@ DEFAULT_DUPLICATES = {"train": 1, "val": 2, "test": 2}
 PRESETS = {64: 2, 128: 5, 256: 25, 512: 100, 1024: 400}  # canvas -> clutter of the paper
 
 
-def o2i(canvas_size: int) -> float:
-    """Object-to-image ratio (fraction) of one 28x28 digit on a square canvas."""
-    return DIGIT * DIGIT / canvas_size ** 2
+def o2i(canvas_size: int, digit_size: int = DIGIT) -> float:
+    """Object-to-image ratio (fraction) of one digit (28x28 by default) on a square canvas."""
+    return digit_size * digit_size / canvas_size ** 2
 
 
 def split_size(labels: np.ndarray, needle_digit: int, duplicates: int) -> int:
@@ -53,13 +56,14 @@ class Plan:
     rows: np.ndarray       # int [K] digit rows of the split
     corners: np.ndarray    # int [K, 2] (y, x)
     needle: int | None     # position in rows/corners of the needle (positives), else None
+    digit_size: int = DIGIT
 
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
         if self.needle is None:
             return None
         y, x = (int(v) for v in self.corners[self.needle])
-        return y, x, y + DIGIT, x + DIGIT
+        return y, x, y + self.digit_size, x + self.digit_size
 
 
 def render(digits: np.ndarray, rows: np.ndarray, corners: np.ndarray,
@@ -69,9 +73,20 @@ def render(digits: np.ndarray, rows: np.ndarray, corners: np.ndarray,
     # slice adds cost ~2 us per digit, well below the PNG encoding of the canvas.
     wide = np.uint16 if len(rows) <= 257 else np.uint32  # 257 * 255 < 2**16
     canvas = np.zeros((canvas_size, canvas_size), wide)
+    size = digits.shape[1]
     for row, (y, x) in zip(rows, corners):
-        canvas[y:y + DIGIT, x:x + DIGIT] += digits[row]
+        canvas[y:y + size, x:x + size] += digits[row]
     return np.minimum(canvas, 255).astype(np.uint8)
+
+
+def _resized(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, 28, 28] digits at size x size (anti-aliased); unchanged at 28."""
+    if size == images.shape[1] or not len(images):
+        return images
+    from skimage.transform import resize
+
+    scaled = resize(images, (len(images), size, size), anti_aliasing=True, preserve_range=True)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 class NmnistComposer:
@@ -79,9 +94,12 @@ class NmnistComposer:
 
     def __init__(self, data: mnist.MnistData, canvas_size: int, num_clutter: int,
                  needle_digit: int = 3, duplicates: Mapping[str, int] | None = None,
-                 seed: int = 0):
-        if canvas_size < DIGIT:
-            raise ValueError(f"canvas_size must be >= {DIGIT}, got {canvas_size}")
+                 seed: int = 0, digit_size: int = DIGIT):
+        if not 4 <= digit_size <= DIGIT:
+            raise ValueError(f"digit_size must be in [4, {DIGIT}], got {digit_size}")
+        if canvas_size < digit_size:
+            raise ValueError(f"canvas_size must be >= the digit size {digit_size}, got "
+                             f"{canvas_size}")
         if num_clutter < 0:
             raise ValueError(f"num_clutter must be >= 0, got {num_clutter}")
         if not 0 <= needle_digit <= 9:
@@ -91,7 +109,8 @@ class NmnistComposer:
             raise ValueError(f"duplicates must be >= 0, got {self.duplicates}")
         self.canvas_size, self.num_clutter = canvas_size, num_clutter
         self.needle_digit, self.seed = needle_digit, seed
-        self.digits = {s: data[s].images for s in metadata.SPLITS}
+        self.digit_size = digit_size
+        self.digits = {s: _resized(data[s].images, digit_size) for s in metadata.SPLITS}
         self.ids = {s: data[s].ids for s in metadata.SPLITS}
         self.needles = {s: np.flatnonzero(data[s].labels == needle_digit)
                         for s in metadata.SPLITS}
@@ -114,12 +133,12 @@ class NmnistComposer:
         pool = self.clutter[split]
         rows = pool[rng.integers(0, len(pool), num_digits)] if len(pool) else np.zeros(
             num_digits, np.int64)
-        corners = rng.integers(0, self.canvas_size - DIGIT + 1, (num_digits, 2))
+        corners = rng.integers(0, self.canvas_size - self.digit_size + 1, (num_digits, 2))
         if positive:
             needles = self.needles[split]
             rows[0] = needles[(index // 2) % len(needles)]
-            return Plan(1, rows, corners, needle=0)
-        return Plan(0, rows, corners, needle=None)
+            return Plan(1, rows, corners, needle=0, digit_size=self.digit_size)
+        return Plan(0, rows, corners, needle=None, digit_size=self.digit_size)
 
     def image(self, split: str, index: int) -> tuple[np.ndarray, Plan]:
         plan = self.plan(split, index)
@@ -139,13 +158,17 @@ class NmnistComposer:
 def generate_nmnist(output_dir: str, *, canvas_size: int, num_clutter: int,
                     needle_digit: int = 3, duplicates: Mapping[str, int] | None = None,
                     mnist_source: str = "embedded", seed: int = 0, num_shards: int = 8,
-                    workers: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
+                    workers: int = 1, overwrite: bool = False, progress: bool = True,
+                    digit_size: int = DIGIT) -> dict:
     """Generates (or resumes) an nMNIST dataset of TFRecords + dataset.json; returns metadata."""
     data = mnist.load_mnist(mnist_source)
-    composer = NmnistComposer(data, canvas_size, num_clutter, needle_digit, duplicates, seed)
+    composer = NmnistComposer(data, canvas_size, num_clutter, needle_digit, duplicates, seed,
+                              digit_size)
     params = {"mnist": data.source, "canvas_size": canvas_size, "num_clutter": num_clutter,
               "needle_digit": needle_digit, "duplicates": composer.duplicates, "seed": seed,
-              "o2i": o2i(canvas_size)}
+              "o2i": o2i(canvas_size, digit_size)}
+    if digit_size != DIGIT:  # datasets of 28 px digits keep their former identity
+        params["digit_size"] = digit_size
     return writer.write_dataset(
         output_dir, kind="nmnist", params=params,
         image={"height": canvas_size, "width": canvas_size, "channels": 1},
