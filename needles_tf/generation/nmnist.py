@@ -98,7 +98,7 @@ class NmnistComposer:
         if not 4 <= digit_size <= DIGIT:
             raise ValueError(f"digit_size must be in [4, {DIGIT}], got {digit_size}")
         if canvas_size < digit_size:
-            raise ValueError(f"canvas_size must be >= the digit size {digit_size}, got "
+            raise ValueError(f"canvas_size must be >= {digit_size} (the digit size), got "
                              f"{canvas_size}")
         if num_clutter < 0:
             raise ValueError(f"num_clutter must be >= 0, got {num_clutter}")
