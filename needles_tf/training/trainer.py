@@ -163,7 +163,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
     elif config.init_from:
         _warm_start(model, config.init_from)
     if initial_epoch and verbose:
-        print(f"resuming at epoch {initial_epoch + 1} of {epochs}", flush=True)
+        print(f"resuming at epoch {initial_epoch + 1} of {epochs}" if initial_epoch < epochs
+              else f"all {epochs} epochs are trained; evaluating the best model", flush=True)
     train_ds, steps_per_epoch, images_per_epoch = _train_input(
         config, strategy, images_per_epoch, initial_epoch, epochs)
     guard = cb.NanGuard()

@@ -1,0 +1,1 @@
+"""The paper's study: experiment definitions, sweeps over them, and the report of their runs."""

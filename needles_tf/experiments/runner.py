@@ -1,0 +1,50 @@
+"""One attempt at a run (or a dataset): its command, output appended to a log, exit recorded.
+
+The local pool and the SLURM jobs run commands the same way, so a run's log and exit status
+look alike wherever it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from typing import Callable
+
+from needles_tf.experiments.plan import record_exit
+
+
+def start(command: list[str], log_path: str, env: dict[str, str] | None = None,
+          preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    """Starts `command` with stdout and stderr appended to `log_path` (a header per attempt);
+    `preexec_fn` runs in the child before the command (e.g. to set signal dispositions)."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"\n=== {stamp} on {socket.gethostname()}: {shlex.join(command)}\n".encode())
+        log.flush()
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
+
+
+def finish(process: subprocess.Popen, log_path: str, exit_path: str) -> int:
+    """Waits for `process` and records its exit status and error line; returns the status."""
+    returncode = process.wait()
+    record_exit(exit_path, log_path, returncode)
+    return returncode
+
+
+def run(command: list[str], log_path: str, exit_path: str,
+        env: dict[str, str] | None = None) -> int:
+    """start() then finish(): one attempt, to the end. Interrupted (Ctrl-C, or a SIGTERM made
+    KeyboardInterrupt), it passes the interrupt on to the command and waits for it to stop."""
+    process = start(command, log_path, env)
+    try:
+        return finish(process, log_path, exit_path)
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        finish(process, log_path, exit_path)
+        raise

@@ -1,0 +1,109 @@
+"""needles-report's rules and files, on hand-made summary.json files (no training)."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from needles_tf.experiments import figures, results
+from needles_tf.experiments.report import write_report
+
+
+def summary(root, name, *, canvas=64, seed=0, test=0.9, val=None, train=1.0, fit_epoch=3,
+            kind="nmnist", **config):
+    """Writes <root>/runs/<name>/summary.json as needles-train would, with chosen metrics."""
+    settings = {"data_dir": f"/data/nmnist_{canvas}", "receptive_field": 33, "k3": [1, 1, 1, 1],
+                "blocks": [3, 4, 6, 3], "width_scale": 1.0, "pooling": "max",
+                "normalization": True, "train_size": None, "class_balance": 0.5,
+                "optimizer": "rmsprop", "learning_rate": 5e-5, "lr_milestones": [80, 120, 160],
+                "epochs": 200, "batch_size": 32, "seed": seed, "noise": None, **config}
+    params = {"o2i": 28 * 28 / canvas ** 2} if kind == "nmnist" else {"o2i_bin": "1-10"}
+    data = {"kind": kind, "height": canvas, "width": canvas, "channels": 1,
+            "train_images": 11276, "params": params}
+    body = {"status": "finished", "config": settings, "dataset": data, "epochs": 200,
+            "parameters": 1000, "best_epoch": 5, "val_accuracy": test if val is None else val,
+            "test_accuracy": test, "test": {"accuracy": test, "auc": test},
+            "epochs_to_fit": fit_epoch, "final_train_accuracy": train, "wall_seconds": 10.0,
+            "train_images_per_second": 100.0}
+    path = os.path.join(root, "runs", name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "summary.json"), "w") as f:
+        json.dump(body, f)
+
+
+def test_fitted_runs_rule_chance_and_hatching(tmp_path):
+    """Figs. 7 / 8: mean over the seeds that fit; none fits -> chance, hatched."""
+    root = str(tmp_path)
+    summary(root, "a/0", seed=0, test=0.9, fit_epoch=4)
+    summary(root, "a/1", seed=1, test=0.7, fit_epoch=None, train=0.8)  # not fit: left out
+    summary(root, "b/0", seed=0, test=0.6, fit_epoch=None, train=0.6, receptive_field=9)
+    table = results.collect(root)
+    assert len(table) == 3 and table["fits"].tolist() == [True, False, False]
+    assert results.fitted_accuracy(table[table["receptive_field"] == 33]) == (0.9, 0.0, False)
+    assert results.fitted_accuracy(table[table["receptive_field"] == 9]) == (0.5, 0.0, True)
+
+
+def test_trained_mean_and_minimum_train_size(tmp_path):
+    """Fig. 6a averages runs above 70 % training accuracy; Fig. 6b takes, per O2I, the
+    smallest size whose mean validation accuracy reaches the threshold in any capacity."""
+    root = str(tmp_path)
+    for size, vals in {1400: (0.6, 0.66), 2819: (0.72, 0.8), 5638: (0.9, 0.88)}.items():
+        for seed, val in enumerate(vals):
+            summary(root, f"s{size}/{seed}", seed=seed, val=val, train_size=size)
+    summary(root, "s1400/wide", seed=0, val=0.75, train_size=1400, width_scale=2.0)
+    summary(root, "s1400/wide1", seed=1, val=0.69, train_size=1400, width_scale=2.0)
+    summary(root, "small/0", canvas=256, seed=0, val=0.95, train_size=1400, train=0.5)
+    table = results.collect(root)
+    at64 = table[table["o2i_label"] == "19.1 %"]
+    sizes70 = results.minimum_train_size(at64, 0.70)
+    sizes85 = results.minimum_train_size(at64, 0.85)
+    assert sizes70["19.1 %"] == 1400  # the wide model's mean (0.72) reaches 70 % at 1400
+    assert sizes85["19.1 %"] == 5638
+    assert np.isnan(results.minimum_train_size(at64, 0.95)["19.1 %"])
+    small = table[table["o2i_label"] == "1.2 %"]
+    assert np.isnan(results.trained_mean(small))  # its only run trained to 50 %: left out
+    mixed = pd.concat([small, at64[at64["train_size"] == 5638]])
+    assert results.trained_mean(mixed) == pytest.approx(0.89)
+
+
+def test_report_files_and_figures(tmp_path):
+    """The report of a small grid: tables, the figures it allows (PNG and PDF), report.md."""
+    root = str(tmp_path / "study")
+    for canvas, base in ((64, 0.95), (128, 0.85), (256, 0.7)):
+        for seed in (0, 1):
+            for rf in (9, 33):
+                fits = not (canvas == 256 and rf == 9)
+                summary(root, f"{canvas}/rf{rf}/{seed}", canvas=canvas, seed=seed,
+                        test=base - 0.02 * seed - (0.1 if rf == 9 else 0),
+                        receptive_field=rf, fit_epoch=5 if fits else None,
+                        train=1.0 if fits else 0.6)
+    out = str(tmp_path / "report")
+    written = write_report(root, out, say=lambda line: None)
+    assert written["runs"] == 12
+    assert {"4", "7", "9a", "9b"} <= set(written["figures"])
+    assert "5b" not in written["figures"]  # one capacity only: nothing to draw
+    for paths in written["figures"].values():
+        assert all(os.path.getsize(p) > 1000 for p in paths)
+    table = pd.read_csv(os.path.join(out, "results.csv"))
+    assert len(table) == 12 and {"o2i", "test_accuracy", "fits", "seed"} <= set(table.columns)
+    means = pd.read_csv(os.path.join(out, "aggregates.csv"))
+    row = means[(means["o2i_label"] == "19.1 %") & (means["receptive_field"].astype(str) == "33")]
+    assert row["test_accuracy_mean"].item() == pytest.approx(0.94)
+    assert row["seeds"].item() == 2
+    report = open(os.path.join(out, "report.md")).read()
+    assert "![Fig. 7](fig7.png)" in report and "| 19.1 % |" in report
+    assert "0/2" in report  # RF 9 at O2I 1.2 %: no seed fits
+
+
+def test_hold_fixed_prefers_the_papers_settings(tmp_path):
+    root = str(tmp_path)
+    summary(root, "max", pooling="max", test=0.9)
+    for i in range(3):
+        summary(root, f"mean{i}", pooling="mean", seed=i, test=0.6)
+    table = results.collect(root)
+    assert set(results.hold_fixed(table, ())["pooling"]) == {"max"}  # the paper's, not the mode
+    assert len(results.hold_fixed(table, ("pooling",))) == 4
+    assert figures.fig8(table) is not None  # two poolings to compare
+    assert figures.fig4(table) is None  # one O2I ratio: no curve
