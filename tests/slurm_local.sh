@@ -19,6 +19,10 @@
 # Then, e.g.:
 #   sbatch --array=0-1 --wrap 'sleep 60'; squeue
 #   scancel --signal=USR2 <jobid>_0; scontrol requeue <jobid>
+# The sweep check (two runs; a preemption simulated with USR2, then requeued and resumed):
+#   .venv/bin/needles-sweep --experiment=FILE.toml --root=/tmp/study --executor=slurm \
+#       --slurm_partition=local --slurm_gpus=0 --slurm_cpus=1 --slurm_time=30
+#   scancel --signal=USR2 <array id>_0     # while task 0 trains
 # Notes: `scancel --signal=X` reaches job *steps* (srun) only; a plain batch
 # script without srun needs `scancel -b` (shell) or `-f` (shell + children).
 # No accounting here, so `sacct` fails ("accounting storage is disabled").

@@ -12,7 +12,12 @@ import pytest
 import tensorflow as tf
 
 from needles_tf.experiments import cost
-from needles_tf.experiments.definition import DefinitionError, expand, load_experiment
+from needles_tf.experiments.definition import (
+    TRAIN_FLAGS,
+    DefinitionError,
+    expand,
+    load_experiment,
+)
 from needles_tf.experiments.plan import DONE, FAILED, INTERRUPTED, PENDING, Plan, record_exit
 from needles_tf.experiments.report import write_report
 from needles_tf.generation import nmnist
@@ -90,12 +95,24 @@ noise = ["32:64"]
     ('[grid]\ndataset = ["a"]\nnoise = ["8:8"]\n[datasets.a]\ngenerator = "nmnist"\n',
      "not both"),
     ("seeds = [", "cannot be read as TOML"),
+    ('[grid]\nnoise = ["8:8"]\npoolng = ["max"]\n', "'poolng' is not a needles-train flag "
+     "\\(did you mean 'pooling'\\?\\)"),
+    ('[train]\nseed = 3\n', "must not set seed"),
 ])
 def test_bad_definitions_name_file_and_problem(tmp_path, text, message):
     path = write(tmp_path / "bad.toml", text)
     with pytest.raises(DefinitionError, match=message) as error:
         load_experiment(path)
     assert str(path) in str(error.value)
+
+
+def test_train_flags_are_the_binarys():
+    from absl import flags
+
+    import needles_tf.bin.train as train_binary
+
+    defined = {f.name for f in flags.FLAGS.get_key_flags_for_module(train_binary)}
+    assert TRAIN_FLAGS == defined
 
 
 def test_shipped_definitions_load():
@@ -208,14 +225,16 @@ epochs = 30
     assert dry.returncode == 0 and "3 pending" in dry.stdout and "c32: ready" in dry.stdout
     sweep = start_binary("sweep", *flags)
     summaries = [os.path.join(plan.model_dir(run), "summary.json") for run in nmnist_runs]
+    waited_for = [*summaries, plan.log_path(noise_run)]  # the noise run started, not finished
     deadline = time.time() + 150
-    while not all(map(os.path.exists, summaries)) and time.time() < deadline:
-        time.sleep(0.5)
+    while not all(map(os.path.exists, waited_for)) and time.time() < deadline:
+        time.sleep(0.2)
     sweep.send_signal(signal.SIGINT)
     first = finish(sweep)
     assert first.returncode == 130, first.stdout + first.stderr
     assert "run the same command to resume" in first.stderr
-    assert [plan.state(run) for run in runs] == [DONE, DONE, PENDING]
+    assert [plan.state(run) for run in runs[:2]] == [DONE, DONE]
+    assert plan.state(noise_run) in (PENDING, INTERRUPTED)  # stopped, not failed
     stamps = [os.path.getmtime(p) for p in summaries]
 
     resumed = finish(start_binary("sweep", *flags))

@@ -53,7 +53,7 @@ def main(argv):
             sys.exit(f"needles-report: error: no dataset in {FLAGS.root}/data and no "
                      "--data_dirs to draw examples from")
         try:
-            for kind_dirs, name in _by_kind(data_dirs):
+            for kind_dirs, name in _datasets_by_kind(data_dirs):
                 paths = draw_examples(kind_dirs, os.path.join(output_dir, f"examples_{name}"),
                                       FLAGS.examples_per_class)
                 print(f"examples: {paths[0]}")
@@ -62,7 +62,7 @@ def main(argv):
     print(f"report: {written['report']}")
 
 
-def _by_kind(data_dirs):
+def _datasets_by_kind(data_dirs):
     """The dataset directories grouped by kind (nmnist, ncamelyon): one figure each."""
     import json
 

@@ -26,6 +26,7 @@ experiment's) share its directory under one root, and train it once.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import os
 from typing import Any
@@ -36,6 +37,13 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 GENERATORS = {"nmnist": "make_nmnist", "ncamelyon": "make_ncamelyon"}
+# needles-train's flags a definition may set (tests/test_sweep.py checks them against the binary)
+TRAIN_FLAGS = frozenset({
+    "batch_size", "blocks", "cache", "class_balance", "data_dir", "deterministic", "epochs",
+    "init_from", "jit_compile", "k3", "learning_rate", "log_images", "lr_decay",
+    "lr_milestones", "micro_batch_size", "model_dir", "noise", "normalization", "optimizer",
+    "overwrite", "pooling", "precision", "receptive_field", "reference_size", "remat", "seed",
+    "strategy", "train_size", "verbose", "width_scale"})
 _SPECIAL = ("dataset", "noise")
 
 
@@ -96,6 +104,7 @@ def load_experiment(path: str) -> Experiment:
     datasets = {name: _dataset(path, here, name, spec) for name, spec in datasets_table.items()}
     train = dict(table.get("train", {}))
     flagfile = train.pop("flagfile", None)
+    _check_flags(path, "[train]", train)
     grids = table.get("grid", [{}])
     grids = [grids] if isinstance(grids, dict) else grids
     grids = tuple({key: values if isinstance(values, list) else [values]
@@ -108,6 +117,7 @@ def load_experiment(path: str) -> Experiment:
         if ("dataset" in grid) == ("noise" in grid):
             raise DefinitionError(f"{path}: every grid needs a list of `dataset` names or of "
                                   "`noise` sizes (SIZE:COUNT), not both")
+        _check_flags(path, "[grid]", {k: v for k, v in grid.items() if k != "dataset"})
         for key, values in grid.items():
             if not values:
                 raise DefinitionError(f"{path}: grid {key!r} has no values")
@@ -120,6 +130,18 @@ def load_experiment(path: str) -> Experiment:
         figures=tuple(str(f) for f in table.get("figures", [])), seeds=tuple(seeds),
         datasets=datasets, train_flagfile=flagfile and os.path.join(here, flagfile),
         train=tuple(sorted(train.items())), grids=grids)
+
+
+def _check_flags(path: str, where: str, flags: dict[str, Any]) -> None:
+    """Names must be needles-train flags (a typo fails here, not in every run)."""
+    for name in flags:
+        if name not in TRAIN_FLAGS:
+            close = difflib.get_close_matches(name, TRAIN_FLAGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DefinitionError(f"{path}: {where} {name!r} is not a needles-train flag{hint}")
+    if where == "[train]" and {"seed", "model_dir", "data_dir"} & set(flags):
+        raise DefinitionError(f"{path}: [train] must not set seed, model_dir or data_dir: the "
+                              "sweep sets them per run (seeds = [...], datasets)")
 
 
 def _read_toml(path: str) -> dict[str, Any]:

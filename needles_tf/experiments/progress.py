@@ -16,16 +16,19 @@ class Progress:
         self.states = {run.name: plan.state(run) for run in runs}
         self.running: set[str] = set()
         self._last = ""
+        self._said_failed: set[str] = set()  # failures said since their last start
 
     def started(self, run: Run) -> None:
         self.running.add(run.name)
+        self._said_failed.discard(run.name)
         self.show()
 
     def finished(self, run: Run) -> None:
         self.running.discard(run.name)
         self.states[run.name] = self.plan.state(run)
-        if self.states[run.name] == FAILED:
+        if self.states[run.name] == FAILED and run.name not in self._said_failed:
             self.say(f"  failed: {run.name}: {self.plan.failure(run)}")
+            self._said_failed.add(run.name)
         self.show()
 
     def counts(self) -> dict[str, int]:

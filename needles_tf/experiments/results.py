@@ -124,7 +124,8 @@ def fitted_accuracy(rows: pd.DataFrame, metric: str = "test_accuracy") -> tuple[
     fitted = rows[rows["fits"]]
     if fitted.empty:
         return CHANCE, 0.0, True
-    return float(fitted[metric].mean()), float(fitted[metric].std(ddof=0)), False
+    spread = float(fitted[metric].std()) if len(fitted) > 1 else 0.0  # as aggregate()'s
+    return float(fitted[metric].mean()), spread, False
 
 
 def trained_mean(rows: pd.DataFrame, metric: str = "val_accuracy") -> float:

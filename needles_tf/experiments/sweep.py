@@ -38,7 +38,10 @@ def holding_root(plan: Plan) -> Iterator[None]:
         SweepError: another live process holds the root.
     """
     directory = os.path.join(plan.root, "sweep")
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"cannot write in --root {plan.root}: {e.strerror}") from None
     try:
         with dir_lock.exclusive(directory):
             yield
