@@ -5,13 +5,14 @@ import glob
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from needles_tf.experiments import cost
+from needles_tf.experiments import cost, runner
 from needles_tf.experiments.definition import (
     TRAIN_FLAGS,
     DefinitionError,
@@ -150,6 +151,21 @@ def test_run_states_and_failures(tmp_path):
     assert plan.state(run) == INTERRUPTED
     write(os.path.join(model_dir, "summary.json"), '{"status": "finished"}')
     assert plan.state(run) == DONE
+
+
+def test_a_run_the_sweep_stopped_is_not_failed(tmp_path):
+    """A command we interrupt is recorded as stopped whatever it exits with (a Python caught
+    while it starts exits 1); one that fails on its own keeps its status and error line."""
+    log, exit_path = str(tmp_path / "r.log"), str(tmp_path / "r.exit.json")
+    process = runner.start([sys.executable, "-c", "import time; time.sleep(30)"], log)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert runner.finish(process, log, exit_path, stopped=True) == 130
+    failing = [sys.executable, "-c", "import sys; sys.exit('tool: error: no such file x')"]
+    assert runner.run(failing, log, exit_path) == 1
+    with open(exit_path) as f:
+        assert json.load(f) == {"returncode": 1, "error": "tool: error: no such file x"}
+    assert open(log).read().count("=== ") == 2  # both attempts, appended
 
 
 def test_cost_counts_an_nmnist_dataset_before_it_exists(tmp_path):

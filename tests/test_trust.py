@@ -43,7 +43,7 @@ def test_resume_refusal_and_overwrite_of_a_run(data_dir, tmp_path, monkeypatch):
     """Resume, refusal and --overwrite; the last run also checks that where training needs
     micro-batches to fit, the final evaluation does not use the full batch (it would run out
     of memory exactly there)."""
-    from needles_tf.training import summary as run_summary
+    from needles_tf.training import data as run_data
 
     model_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
@@ -68,8 +68,8 @@ def test_resume_refusal_and_overwrite_of_a_run(data_dir, tmp_path, monkeypatch):
         batches.append(batch_size)
         return real_evaluate(model, data, split, batch_size)
 
-    real_evaluate = run_summary.evaluate
-    monkeypatch.setattr(run_summary, "evaluate", recording)
+    real_evaluate = run_data.evaluate
+    monkeypatch.setattr(run_data, "evaluate", recording)
     again = train(tiny(data_dir, model_dir, epochs=1, micro_batch_size=8), verbose=0,
                   overwrite=True)
     assert again["epochs"] == 1 and len(metrics_rows(model_dir)) == 1

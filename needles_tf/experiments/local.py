@@ -77,6 +77,6 @@ def run_local(plan: Plan, runs: Sequence[Run], parallel: int, gpus: Sequence[str
         for process in running:  # not all of them share our terminal's process group
             process.send_signal(signal.SIGINT)
         for process, (run, _) in running.items():
-            runner.finish(process, plan.log_path(run), plan.exit_path(run))
+            runner.finish(process, plan.log_path(run), plan.exit_path(run), stopped=True)
         raise
     return progress

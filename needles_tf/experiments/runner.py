@@ -30,9 +30,16 @@ def start(command: list[str], log_path: str, env: dict[str, str] | None = None,
                                 stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
 
 
-def finish(process: subprocess.Popen, log_path: str, exit_path: str) -> int:
-    """Waits for `process` and records its exit status and error line; returns the status."""
+def finish(process: subprocess.Popen, log_path: str, exit_path: str,
+           stopped: bool = False) -> int:
+    """Waits for `process` and records its exit status and error line; returns the status.
+
+    stopped: we interrupted it; whatever status it ends with (a Python interrupted while it
+    starts exits 1, "Fatal Python error"), it is recorded as stopped (130), not failed.
+    """
     returncode = process.wait()
+    if stopped and returncode:
+        returncode = 130
     record_exit(exit_path, log_path, returncode)
     return returncode
 
@@ -46,5 +53,5 @@ def run(command: list[str], log_path: str, exit_path: str,
         return finish(process, log_path, exit_path)
     except KeyboardInterrupt:
         process.send_signal(signal.SIGINT)
-        finish(process, log_path, exit_path)
+        finish(process, log_path, exit_path, stopped=True)
         raise
