@@ -12,22 +12,37 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Callable
 
 from needles_tf.experiments.plan import record_exit
 
 
+def _interruptible() -> None:
+    # A sweep started in the background of a script inherits SIGINT ignored, and so would its
+    # runs: then the interrupt it passes on (on Ctrl-C or a kill) would not stop them.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interruptible_not_usr2() -> None:
+    # USR2 is SLURM's notice of a time limit or preemption, for submitit (in the job's Python),
+    # which requeues the job; by default it would end the run at once, recorded as a failure.
+    # Ignored, training goes on until SLURM stops the job for the requeue.
+    _interruptible()
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def start(command: list[str], log_path: str, env: dict[str, str] | None = None,
-          preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+          ignore_usr2: bool = False) -> subprocess.Popen:
     """Starts `command` with stdout and stderr appended to `log_path` (a header per attempt);
-    `preexec_fn` runs in the child before the command (e.g. to set signal dispositions)."""
+    SIGINT stops it (the default, whatever ours is); `ignore_usr2` in SLURM jobs."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"\n=== {stamp} on {socket.gethostname()}: {shlex.join(command)}\n".encode())
         log.flush()
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
+                                stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_interruptible_not_usr2 if ignore_usr2
+                                else _interruptible)
 
 
 def finish(process: subprocess.Popen, log_path: str, exit_path: str,

@@ -9,7 +9,6 @@ the run from its last finished epoch. `scancel --signal=USR2 JOB_TASK` simulates
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from typing import Callable, Sequence
@@ -25,18 +24,11 @@ except ImportError:  # reported when the executor is asked for
     submitit = None
 
 
-def _ignore_usr2() -> None:
-    # The signal is for submitit (in the job's Python), which requeues the job; by default it
-    # would end needles-train at once, recorded as a failure. Ignored, training goes on until
-    # SLURM stops the job for the requeue.
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
 class TrainJob(submitit.helpers.Checkpointable if submitit else object):
     """One run in a SLURM job; requeued (checkpoint() resubmits the same call) on USR2."""
 
     def __call__(self, command: list[str], log_path: str, exit_path: str) -> int:
-        process = runner.start(command, log_path, preexec_fn=_ignore_usr2)
+        process = runner.start(command, log_path, ignore_usr2=True)
         returncode = runner.finish(process, log_path, exit_path)
         if returncode:
             raise RuntimeError(f"exit status {returncode}: {error_line(log_path)}")
