@@ -159,7 +159,7 @@ def test_a_run_the_sweep_stopped_is_not_failed(tmp_path):
     log, exit_path = str(tmp_path / "r.log"), str(tmp_path / "r.exit.json")
     process = runner.start([sys.executable, "-c", "import time; time.sleep(30)"], log)
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    runner.interrupt(process)  # SIGINT, or SIGTERM where this suite ignores SIGINT
     assert runner.finish(process, log, exit_path, stopped=True) == 130
     failing = [sys.executable, "-c", "import sys; sys.exit('tool: error: no such file x')"]
     assert runner.run(failing, log, exit_path) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from typing import Callable, Sequence
@@ -75,7 +74,7 @@ def run_local(plan: Plan, runs: Sequence[Run], parallel: int, gpus: Sequence[str
                 progress.finished(run)
     except KeyboardInterrupt:
         for process in running:  # not all of them share our terminal's process group
-            process.send_signal(signal.SIGINT)
+            runner.interrupt(process)
         for process, (run, _) in running.items():
             runner.finish(process, plan.log_path(run), plan.exit_path(run), stopped=True)
         raise

@@ -16,24 +16,17 @@ import time
 from needles_tf.experiments.plan import record_exit
 
 
-def _interruptible() -> None:
-    # A sweep started in the background of a script inherits SIGINT ignored, and so would its
-    # runs: then the interrupt it passes on (on Ctrl-C or a kill) would not stop them.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _interruptible_not_usr2() -> None:
+def _ignore_usr2() -> None:
     # USR2 is SLURM's notice of a time limit or preemption, for submitit (in the job's Python),
     # which requeues the job; by default it would end the run at once, recorded as a failure.
     # Ignored, training goes on until SLURM stops the job for the requeue.
-    _interruptible()
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def start(command: list[str], log_path: str, env: dict[str, str] | None = None,
           ignore_usr2: bool = False) -> subprocess.Popen:
     """Starts `command` with stdout and stderr appended to `log_path` (a header per attempt);
-    SIGINT stops it (the default, whatever ours is); `ignore_usr2` in SLURM jobs."""
+    `ignore_usr2` in SLURM jobs."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -41,8 +34,15 @@ def start(command: list[str], log_path: str, env: dict[str, str] | None = None,
         log.flush()
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=_interruptible_not_usr2 if ignore_usr2
-                                else _interruptible)
+                                preexec_fn=_ignore_usr2 if ignore_usr2 else None)
+
+
+def interrupt(process: subprocess.Popen) -> None:
+    """Asks a started command to stop (a run keeps its finished epochs): SIGINT, as Ctrl-C;
+    SIGTERM where we ignore SIGINT (a sweep started in the background of a script), since our
+    commands inherit that and would not stop."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    process.send_signal(signal.SIGTERM if ignored else signal.SIGINT)
 
 
 def finish(process: subprocess.Popen, log_path: str, exit_path: str,
@@ -67,6 +67,6 @@ def run(command: list[str], log_path: str, exit_path: str,
     try:
         return finish(process, log_path, exit_path)
     except KeyboardInterrupt:
-        process.send_signal(signal.SIGINT)
+        interrupt(process)
         finish(process, log_path, exit_path, stopped=True)
         raise
