@@ -186,6 +186,7 @@ def _fit_bars(results: pd.DataFrame, value: Callable[[pd.DataFrame], tuple], yla
                   for (group, pooling), at in rows.groupby([key, "pooling"])}
         plots.bars(ax, groups, sorted(rows["pooling"].unique()), values, "pooling", ylabel,
                    chance_line=False)
+        ax.set_ylim(0, max([1.0, *(1.1 * v[0] for v in values.values())]))  # counts from 0
         ax.set_title(KINDS[kind] + ("" if kind == "nmnist" else " (by image size)"), fontsize=9)
     return figure
 
