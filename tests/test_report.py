@@ -107,3 +107,41 @@ def test_hold_fixed_prefers_the_papers_settings(tmp_path):
     assert len(results.hold_fixed(table, ("pooling",))) == 4
     assert figures.fig8(table) is not None  # two poolings to compare
     assert figures.fig4(table) is None  # one O2I ratio: no curve
+
+
+def test_every_figure_draws_from_a_study_that_varies_its_factors(tmp_path):
+    """A hand-made study shaped like the paper's (each experiment's slice around the paper's
+    defaults): every figure of the report is drawn."""
+    root = str(tmp_path / "study")
+    rng = np.random.default_rng(0)
+    n = 0
+
+    def run(canvas, **config):
+        nonlocal n
+        n += 1
+        acc = float(np.clip(1.0 - 0.1 * np.log2(canvas / 64) + rng.normal(0, 0.02), 0.5, 1))
+        summary(root, f"r{n}", canvas=canvas, test=acc, val=acc, train=min(1.0, acc + 0.1),
+                fit_epoch=5 if acc > 0.7 else None, **config)
+
+    for canvas in (64, 128, 256):
+        for seed in (0,):
+            run(canvas, seed=seed)
+            for pooling in ("mean", "logsumexp"):
+                run(canvas, seed=seed, pooling=pooling)
+            for rf in (9, 177):
+                run(canvas, seed=seed, receptive_field=rf)
+            for width in (0.25, 2.0):
+                run(canvas, seed=seed, width_scale=width)
+            for size in (1400, 5638):
+                for pooling in ("max", "mean"):
+                    run(canvas, seed=seed, train_size=size, pooling=pooling)
+                run(canvas, seed=seed, train_size=size, width_scale=0.25)
+            if canvas == 256:
+                for balance in (0.1, 0.9):
+                    for pooling in ("max", "mean"):
+                        run(canvas, seed=seed, class_balance=balance, pooling=pooling)
+        summary(root, f"cam{canvas}", kind="ncamelyon", canvas=canvas, test=0.8)
+        summary(root, f"cam{canvas}w", kind="ncamelyon", canvas=canvas, test=0.7,
+                width_scale=0.5)
+    written = write_report(root, str(tmp_path / "report"), say=lambda line: None)
+    assert set(written["figures"]) == set(figures.FIGURES)
