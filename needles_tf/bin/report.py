@@ -64,14 +64,13 @@ def main(argv):
 
 def _datasets_by_kind(data_dirs):
     """The dataset directories grouped by kind (nmnist, ncamelyon): one figure each."""
-    import json
+    from needles_tf.data.metadata import DatasetError, read_metadata
 
     groups = {}
     for data_dir in data_dirs:
         try:
-            with open(os.path.join(data_dir, "dataset.json")) as f:
-                kind = json.load(f).get("kind", "data")
-        except (OSError, ValueError):
+            kind = read_metadata(data_dir)["kind"]
+        except DatasetError:
             kind = "data"  # draw_examples names the problem
         groups.setdefault(kind, []).append(data_dir)
     return [(dirs, kind) for kind, dirs in sorted(groups.items())]

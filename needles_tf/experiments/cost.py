@@ -16,6 +16,7 @@ import statistics
 from typing import Any
 
 from needles_tf import run_dir
+from needles_tf.data import metadata
 from needles_tf.experiments.definition import DatasetSpec, Run, read_flagfile
 from needles_tf.experiments.plan import Plan
 from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs
@@ -46,10 +47,8 @@ def split_sizes(plan: Plan, run: Run) -> tuple[dict[str, int], tuple[int, int]] 
         evaluated = min(int(count), 512)
         return ({"train": int(count), "val": evaluated, "test": evaluated},
                 (dims[0], dims[1] if len(dims) > 1 else dims[0]))
-    path = os.path.join(plan.data_dir(run.dataset), "dataset.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            meta = json.load(f)
+    if plan.dataset_ready(run.dataset):
+        meta = metadata.read_metadata(plan.data_dir(run.dataset))
         sizes = {split: info["count"] for split, info in meta["splits"].items()}
         image = (meta["image"]["height"], meta["image"]["width"])
     else:

@@ -3,22 +3,20 @@ look at the data without writing code."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
+import numpy as np
+
+from needles_tf.data import metadata
 from needles_tf.experiments import plots
+from needles_tf.experiments.results import o2i_of
 
 
 def _o2i_label(data_dir: str) -> tuple[float, str]:
-    with open(os.path.join(data_dir, "dataset.json")) as f:
-        meta = json.load(f)
-    params = meta.get("params", {})
-    if "o2i" in params:
-        return 100 * params["o2i"], f"O2I {100 * params['o2i']:.3g} %"
-    if "o2i_bin" in params:
-        return float(params["o2i_bin"].split("-")[1]), f"O2I ({params['o2i_bin']}] %"
-    return 0.0, meta.get("kind", "")
+    meta = metadata.read_metadata(data_dir)
+    o2i, label = o2i_of(meta["kind"], meta["params"])
+    return (0.0, meta["kind"]) if np.isnan(o2i) else (o2i, f"O2I {label}")
 
 
 def draw_examples(data_dirs: Sequence[str], path_stem: str, per_class: int = 2,
@@ -29,8 +27,6 @@ def draw_examples(data_dirs: Sequence[str], path_stem: str, per_class: int = 2,
     Raises:
         metadata.DatasetError: a directory that is not a dataset.
     """
-    import numpy as np
-
     from needles_tf.input import make_dataset
 
     ordered = sorted(data_dirs, key=lambda d: -_o2i_label(d)[0])

@@ -49,17 +49,8 @@ def _columns() -> list[str]:
 
 def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
     config, data = summary["config"], summary.get("dataset", {})
-    params = data.get("params", {})
     kind = data.get("kind", "unknown")
-    o2i, label = np.nan, ""
-    if kind == "nmnist" and "o2i" in params:
-        o2i = 100 * params["o2i"]
-        label = f"{o2i:.3g} %"
-    elif kind == "ncamelyon" and "o2i_bin" in params:
-        low, high = (float(v) for v in params["o2i_bin"].split("-"))
-        o2i, label = (low + high) / 2, f"({params['o2i_bin'].replace('-', ', ')}] %"
-    elif kind == "noise":
-        label = "noise"
+    o2i, label = o2i_of(kind, data.get("params", {}))
     receptive_field = config.get("receptive_field") or "k3=" + ",".join(
         str(k) for k in config.get("k3", []))
     row = {"run": run, "kind": kind, "o2i": o2i, "o2i_label": label,
@@ -78,6 +69,17 @@ def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
     row["test_auc"] = test.get("auc")
     row["fits"] = summary.get("epochs_to_fit") is not None
     return row
+
+
+def o2i_of(kind: str, params: dict[str, Any]) -> tuple[float, str]:
+    """(O2I in %, its label) of a dataset from its generation parameters: nMNIST's ratio,
+    nCAMELYON's bin (its middle, labelled as the bin); NaN where there is none (noise)."""
+    if kind == "nmnist" and "o2i" in params:
+        return 100 * params["o2i"], f"{100 * params['o2i']:.3g} %"
+    if kind == "ncamelyon" and "o2i_bin" in params:
+        low, high = (float(v) for v in params["o2i_bin"].split("-"))
+        return (low + high) / 2, f"({params['o2i_bin'].replace('-', ', ')}] %"
+    return np.nan, "noise" if kind == "noise" else ""
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:

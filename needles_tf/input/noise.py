@@ -105,23 +105,10 @@ def make_noise_dataset(spec: NoiseSpec, split: str, batch_size: int, training: b
             raise ValueError(f"batch_size {batch_size} must be divisible by the {replicas} "
                              "replicas")
         local, share = replicas // pipelines, batch_size // replicas
-        first = pipeline_id * local
-
-        def epoch_batches(epoch_seed):
-            shuffled = tf.random.experimental.stateless_shuffle(
-                tf.range(count, dtype=tf.int64),
-                seed=tf.stack([epoch_seed, tf.constant(_LABEL_STREAM, tf.int64)]))
-            return tf.data.Dataset.from_tensor_slices(shuffled).batch(batch_size).flat_map(
-                lambda batch: tf.data.Dataset.range(first, first + local).map(
-                    lambda r: batch[r * share:(r + 1) * share]))
-
-        if epochs is None:  # one pass; each pass draws a new order from `seed`
-            seeds, num_epochs = tf.data.Dataset.random(
-                seed=seed, rerandomize_each_iteration=True).take(1), 1
-        else:
-            seeds = tf.data.Dataset.range(*epochs).map(lambda e: order.epoch_seed(seed, e))
-            num_epochs = max(epochs[1] - epochs[0], 0)
-        ds = seeds.flat_map(epoch_batches)
+        mine = range(pipeline_id * local, (pipeline_id + 1) * local)
+        seeds, num_epochs = order.epoch_seeds(seed, epochs)
+        ds = seeds.flat_map(lambda s: order.replica_shares(
+            order.shuffled_order(count, s), batch_size, False, mine, share))
         batches = -(-count // batch_size) * local * num_epochs
     ds = ds.map(images_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)

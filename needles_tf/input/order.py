@@ -89,6 +89,31 @@ def epoch_seed(seed: int, epoch):
     return tf.cast(epoch, tf.int64) + seed * _SEED_MIX
 
 
+def epoch_seeds(seed: int, epochs: tuple[int, int] | None) -> tuple[tf.data.Dataset, int]:
+    """The int64 seed of each epoch a training dataset holds, and how many there are: epochs
+    first .. last - 1, each keyed by (seed, epoch); None: one pass that draws a new seed from
+    `seed` every time it is iterated."""
+    if epochs is None:
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1), 1
+    first, last = epochs
+    return (tf.data.Dataset.range(first, last).map(lambda e: epoch_seed(seed, e)),
+            max(last - first, 0))
+
+
+def replica_shares(positions: tf.Tensor, batch_size: int, drop_remainder: bool,
+                   replicas: range, share: int) -> tf.data.Dataset:
+    """An epoch's positions in global batches of `batch_size`; under several replicas
+    (share < batch_size) each element is one replica's share of a batch (positions share * g ..
+    share * (g + 1) - 1 for replica g; in a last, partial batch some shares are smaller or
+    empty), the shares of `replicas` (this input pipeline's) in turn."""
+    ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch_size,
+                                                              drop_remainder=drop_remainder)
+    if share < batch_size:
+        ds = ds.flat_map(lambda b: tf.data.Dataset.from_tensor_slices(
+            tf.constant(list(replicas), tf.int64)).map(lambda g: b[g * share:(g + 1) * share]))
+    return ds
+
+
 def permutation(count, seed, chunk=0):
     """A permutation of range(count) keyed by an int64 seed pair [2] (and a chunk index)."""
     key = tf.stack([seed[0] * _SEED_MIX + seed[1], tf.cast(chunk, tf.int64)])

@@ -199,7 +199,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
         batches = _batches(share, pipeline_batch, drop_remainder)
     else:
         oversample = class_balance is not None and class_balance != 0.5
-        epoch_seeds, num_epochs = _epoch_seeds(seed, epochs)
+        epoch_seeds, num_epochs = order.epoch_seeds(seed, epochs)
         if kind is None:
             records = records.map(lambda _, encoded, label: (encoded, label))
             buffer = max(1, min(share, SHUFFLE_BYTES * selected // max(encoded_bytes, 1)))
@@ -250,24 +250,12 @@ def _batches(count: int, batch_size: int, drop_remainder: bool) -> int:
     return count // batch_size if drop_remainder else -(-count // batch_size)
 
 
-def _epoch_seeds(seed: int, epochs: tuple[int, int] | None) -> tuple[tf.data.Dataset, int]:
-    """The int64 seed of each epoch the dataset holds, and how many there are."""
-    if epochs is None:  # one pass per epoch; each pass draws a new seed from `seed`
-        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1), 1
-    first, last = epochs
-    return (tf.data.Dataset.range(first, last).map(lambda e: order.epoch_seed(seed, e)),
-            max(last - first, 0))
-
-
 def _cached_epochs(records, parser: Parser, kind: str, selected: int,
                    epoch_seeds: tf.data.Dataset, oversample: bool, batch_size: int,
                    drop_remainder: bool, replicas: range, share: int):
-    """Epochs gathered from an IndexedCache; returns (dataset, batches per epoch).
-
-    Under several replicas each element is one replica's share of a global batch (positions
-    share * g .. share * (g + 1) - 1 for replica g; in the last, partial batch of an epoch some
-    shares are smaller or empty), the shares of `replicas` in turn.
-    """
+    """Epochs gathered from an IndexedCache; returns (dataset, batches per epoch). Under
+    several replicas each element is one replica's share of a global batch
+    (order.replica_shares)."""
     if kind == "decoded":
         values = records.map(
             lambda position, encoded, label: (position, parser.decode_image(encoded), label),
@@ -287,12 +275,7 @@ def _cached_epochs(records, parser: Parser, kind: str, selected: int,
     def epoch(seed):
         positions = (order.oversampled_order(labels, seed) if oversample
                      else order.shuffled_order(selected, seed))
-        ds = tf.data.Dataset.from_tensor_slices(positions)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        if share < batch_size:  # several replicas: each element one share, this pipeline's
-            ds = ds.flat_map(lambda b: tf.data.Dataset.from_tensor_slices(
-                tf.constant(list(replicas), tf.int64)).map(lambda g: b[g * share:(g + 1) * share]))
-        return ds
+        return order.replica_shares(positions, batch_size, drop_remainder, replicas, share)
 
     ds = epoch_seeds.flat_map(epoch).map(cache.gather)
     return ds, _batches(selected, batch_size, drop_remainder) * len(replicas)
