@@ -83,16 +83,21 @@ def receptive_field(k3: Sequence[int]) -> int:
     return rf
 
 
+def embedding_size(size: int) -> int:
+    """Embedding locations along an input side of `size` pixels (any k3 and block counts).
+
+    The stem's unpadded 3x3 takes two pixels; every later convolution is padded to keep the
+    size, and each strided one (a padded 3x3 or a 1x1, alike) gives ceil(n / stride).
+    """
+    size -= 2
+    for stride in STAGE_STRIDES:
+        size = -(-size // stride) if size > 0 else 0
+    return max(size, 0)
+
+
 def min_input_size(k3: Sequence[int]) -> int:
     """Smallest input height / width that still gives a 1x1 embedding (any block counts)."""
-    blocks = list(_block_kernels(k3))
-
-    def embedding_size(size: int) -> int:
-        size -= 2  # the stem's unpadded 3x3 convolution
-        for _, _, kernel, stride in blocks:
-            size = (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
-        return size
-
+    check_k3(k3)
     size = 1
     while embedding_size(size) < 1:
         size += 1
