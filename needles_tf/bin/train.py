@@ -31,7 +31,12 @@ flags.DEFINE_list("blocks", ["3", "4", "6", "3"], "Bottleneck blocks per stage: 
 flags.DEFINE_float("width_scale", 1.0, "Capacity scale s (width 64*s).", lower_bound=0)
 flags.DEFINE_enum("pooling", "max", ["max", "mean", "logsumexp", "attention"], "Global pooling.")
 flags.DEFINE_boolean("normalization", True, "Instance normalisation in the encoder.")
-flags.DEFINE_integer("epochs", 200, "Epochs (scaled up for small --train_size).", lower_bound=1)
+flags.DEFINE_integer("epochs", 200, "Epochs (scaled up for small --train_size); the cap when "
+                     "--stop_after_fit is set.", lower_bound=1)
+flags.DEFINE_integer("stop_after_fit", 0, "Stop once the epoch's training accuracy has held "
+                     ">= 0.99 (the paper's 'fit') for this many consecutive epochs; 0: train "
+                     "every epoch (the paper's protocol). Recorded in summary.json (stop_reason "
+                     "fit or cap, stopped_epoch).", lower_bound=0)
 flags.DEFINE_integer("batch_size", 32, "Global (effective) batch size: the images of one "
                      "update, shared by all replicas and workers.", lower_bound=1)
 flags.DEFINE_string("micro_batch_size", None, "Images per forward pass on one replica (device); "
@@ -93,6 +98,7 @@ def main(argv):
         k3=common.int_list("k3", FLAGS.k3), blocks=common.int_list("blocks", FLAGS.blocks),
         width_scale=FLAGS.width_scale,
         pooling=FLAGS.pooling, normalization=FLAGS.normalization, epochs=FLAGS.epochs,
+        stop_after_fit=FLAGS.stop_after_fit,
         batch_size=FLAGS.batch_size, micro_batch_size=_micro_batch(FLAGS.micro_batch_size),
         learning_rate=FLAGS.learning_rate,
         lr_milestones=common.int_list("lr_milestones", FLAGS.lr_milestones),
@@ -144,7 +150,10 @@ def _micro_batch(value: str | None) -> int | str | None:
 def result_line(model_dir: str, summary: dict) -> str:
     """The one line a finished run ends with: best epoch, accuracies, fit or not, time."""
     fit = summary["epochs_to_fit"]
-    return (f"{model_dir}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
+    trained = summary.get("stopped_epoch", summary["epochs"])
+    stop = f" (stopped: fit held {summary['stop_rule']['patience']} epochs)" if summary.get(
+        "stop_reason") == "fit" and summary.get("stop_rule") else ""
+    return (f"{model_dir}: best epoch {summary['best_epoch']} of {trained}{stop}, "
             f"val accuracy {summary['val_accuracy']:.4f}, "
             f"test accuracy {summary['test_accuracy']:.4f}, "
             + (f"fit (training accuracy >= 0.99) at epoch {fit}" if fit is not None else

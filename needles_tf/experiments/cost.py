@@ -4,6 +4,8 @@ A run processes epochs x training images (epochs scaled for small training sets 
 scales them) plus a validation pass per epoch and the final val / test evaluation. Speed is taken
 from the finished runs under the root (their summary.json's training images per second, times
 the image's pixels: a pixel rate per model), else from --images_per_second (at 64 x 64).
+A run with a stop rule (--stop_after_fit) is costed at its cap, the most it can take: the
+estimate is an upper bound for those runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs
 
 EVAL_COST = 1 / 3  # an evaluated image costs about a third of a trained one (no backward pass)
 _DEFAULTS = {"epochs": 200, "lr_milestones": "80,120,160", "reference_size": REFERENCE_SIZE,
-             "width_scale": 1.0, "receptive_field": 33, "blocks": "3,4,6,3"}
+             "width_scale": 1.0, "receptive_field": 33, "blocks": "3,4,6,3", "stop_after_fit": 0}
 
 
 def run_flags(plan: Plan, run: Run) -> dict[str, Any]:
@@ -132,11 +134,12 @@ def measured_rates(root: str) -> dict[tuple, float]:
 def estimate(plan: Plan, runs: list[Run], images_per_second: float | None = None
              ) -> dict[str, Any]:
     """{"images": images to process, "hours": at the measured rate or None, "unknown": runs
-    whose data is not generated yet, "rate_from": where the speed came from}."""
+    whose data is not generated yet, "rate_from": where the speed came from, "may_stop_early":
+    runs with a stop rule, counted at their epoch cap}."""
     rates = measured_rates(plan.root)
     fallback = images_per_second * 64 * 64 if images_per_second else (
         statistics.median(rates.values()) if rates else None)
-    images, seconds, unknown = 0, 0.0, 0
+    images, seconds, unknown, capped = 0, 0.0, 0, 0
     for run in runs:
         sizes = split_sizes(plan, run)
         if sizes is None:
@@ -148,6 +151,7 @@ def estimate(plan: Plan, runs: list[Run], images_per_second: float | None = None
         epochs, _ = scale_epochs(int(flags["epochs"]), milestones, train_size,
                                  int(flags["reference_size"]))
         epochs -= min(run_dir.committed_epochs(plan.model_dir(run)), epochs)  # a resume's
+        capped += int(flags["stop_after_fit"]) > 0
         trained = epochs * counts["train"]
         evaluated = epochs * counts["val"] + counts["val"] + counts["test"]
         images += trained + evaluated
@@ -157,4 +161,4 @@ def estimate(plan: Plan, runs: list[Run], images_per_second: float | None = None
     rate_from = ("finished runs" if rates else
                  "--images_per_second" if images_per_second else None)
     return {"images": images, "hours": seconds / 3600 if rate_from else None,
-            "unknown": unknown, "rate_from": rate_from}
+            "unknown": unknown, "rate_from": rate_from, "may_stop_early": capped}

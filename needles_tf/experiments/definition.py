@@ -43,7 +43,7 @@ TRAIN_FLAGS = frozenset({
     "init_from", "jit_compile", "k3", "learning_rate", "log_images", "lr_decay",
     "lr_milestones", "micro_batch_size", "model_dir", "noise", "normalization", "optimizer",
     "overwrite", "pooling", "precision", "receptive_field", "reference_size", "remat", "seed",
-    "strategy", "train_size", "verbose", "width_scale"})
+    "stop_after_fit", "strategy", "train_size", "verbose", "width_scale"})
 _SPECIAL = ("dataset", "noise")
 
 

@@ -85,6 +85,9 @@ def _cost_line(estimate: dict[str, Any]) -> str:
         text += f", about {estimate['hours']:.1f} h at the speed of {estimate['rate_from']}"
     else:
         text += " (no speed known: finish a run, or pass --images_per_second)"
+    if estimate["may_stop_early"]:
+        text += (f"; an upper bound: {estimate['may_stop_early']} of these runs stop early once "
+                 "they fit (--stop_after_fit), counted here at their epoch cap")
     if estimate["unknown"]:
         text += (f"; {estimate['unknown']} run(s) not counted: their dataset is not generated "
                  "yet and cannot be counted beforehand")

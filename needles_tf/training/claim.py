@@ -59,7 +59,8 @@ def _check_model_dir(config: TrainConfig, overwrite: bool) -> bool:
         if overwrite:
             run_dir.remove_run(config.model_dir)
         return False
-    saved = {"blocks": list(STAGE_BLOCKS), **run_dir.read_json(path)}  # runs before --blocks
+    # runs from before --blocks and --stop_after_fit had these settings
+    saved = {"blocks": list(STAGE_BLOCKS), "stop_after_fit": 0, **run_dir.read_json(path)}
     current = config.to_json()
     changed = {k: (saved.get(k), v) for k, v in current.items()
                if k not in RUNTIME_SETTINGS and saved.get(k) != v}

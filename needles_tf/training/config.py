@@ -29,7 +29,8 @@ class TrainConfig:
     width_scale: float = 1.0
     pooling: str = "max"
     normalization: bool = True
-    epochs: int = 200
+    epochs: int = 200  # the cap, with a stop rule
+    stop_after_fit: int = 0  # stop once training accuracy held 99 % this many epochs (0: off)
     batch_size: int = 32
     micro_batch_size: int | str | None = None  # "auto": the largest that fits (recorded)
     learning_rate: float = 5e-5

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from needles_tf import atomic, provenance, run_dir
 from needles_tf.training import callbacks as cb
+from needles_tf.training import stopping
 from needles_tf.training.config import TrainConfig
 from needles_tf.training.data import describe, evaluate_split
 
@@ -27,7 +28,8 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
         model.load_weights(run_dir.best_model_path(config.model_dir))
     results = {split: evaluate_split(model, config, split, batch_size)
                for split in ("val", "test")}
-    fit_epoch = next((row["epoch"] for row in history if row["accuracy"] >= 0.99), None)
+    fit_epoch = next((row["epoch"] for row in history
+                      if row["accuracy"] >= stopping.FIT_ACCURACY), None)
     train_seconds = sum(row["train_seconds"] for row in history)
     images = images_per_epoch * len(history)
     summary = {
@@ -35,6 +37,7 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
         "config": config.to_json(),
         "dataset": describe(config),
         "epochs": epochs,
+        **stopping.describe(config.stop_after_fit, history, epochs),
         "parameters": model.count_params(),
         "precision": policy,
         "replicas": strategy.num_replicas_in_sync,

@@ -29,6 +29,7 @@ from needles_tf.training.data import evaluation_batches, split_info, training_ba
 from needles_tf.training.loop import TrainLoop
 from needles_tf.training.optimizers import make_optimizer
 from needles_tf.training.schedule import scale_epochs, step_learning_rate
+from needles_tf.training.stopping import StopAfterFit, fit_streak, stopped_epoch
 from needles_tf.training.summary import finish_run
 from needles_tf.training.tensorboard import log_input_images
 
@@ -162,16 +163,25 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         cb.EpochCheckpoint.load(model, checkpoint_dir, initial_epoch)
     elif config.init_from:
         _warm_start(model, config.init_from)
+    # every worker reads the history (the chief's model dir): the stop rule counts from it
+    history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
+               if row["epoch"] <= initial_epoch]
+    # the last epoch to train: the cap, or none more where the stop rule ended the run before
+    # a kill kept it from writing its summary
+    until = (initial_epoch if stopped_epoch(history, config.stop_after_fit) is not None
+             else epochs)
     if initial_epoch and verbose:
-        print(f"resuming at epoch {initial_epoch + 1} of {epochs}" if initial_epoch < epochs
-              else f"all {epochs} epochs are trained; evaluating the best model", flush=True)
+        print(f"resuming at epoch {initial_epoch + 1} of {epochs}" if initial_epoch < until
+              else f"{initial_epoch} epochs are trained (of {epochs}); evaluating the best model",
+              flush=True)
     train_ds, steps_per_epoch, images_per_epoch = _train_input(
-        config, strategy, images_per_epoch, initial_epoch, epochs)
+        config, strategy, images_per_epoch, initial_epoch, until)
     guard = cb.NanGuard()
     callbacks = [guard, cb.EpochTimer(images_per_epoch)]
+    if config.stop_after_fit:
+        callbacks.append(StopAfterFit(config.stop_after_fit,
+                                      fit_streak([row["accuracy"] for row in history])))
     if chief:
-        history = [row for row in cb.read_history(os.path.join(config.model_dir, run_dir.METRICS))
-                   if row["epoch"] <= initial_epoch]
         # wall time counts across resumes: the finished epochs' time, then this session's
         start_time = session_start - (history[-1].get("wall_seconds", 0.0) if history else 0.0)
         log_dir = os.path.join(config.model_dir, run_dir.LOG_DIR)
@@ -188,11 +198,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
                       keras.callbacks.TensorBoard(log_dir, write_graph=False)]
     else:  # a worker keeps the schedule and writes nothing
         callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
-    if initial_epoch < epochs:
+    if initial_epoch < until:
         loop = TrainLoop(trained, optimizer, strategy, micro_batch, accumulation,
                          jit_compile=_jit(config.jit_compile))
         try:
-            loop.fit(train_ds, epochs, initial_epoch, steps_per_epoch,
+            loop.fit(train_ds, until, initial_epoch, steps_per_epoch,
                      [*callbacks, *extra_callbacks], verbose)
         except OSError as e:  # a full disk or quota while writing the epoch's files
             done = run_dir.committed_epochs(config.model_dir)
