@@ -130,3 +130,28 @@ def test_needles_saliency_writes_scores_and_figures(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and "needles-saliency: error:" in stderr
     assert str(tmp_path / "nothing") in stderr and "Traceback" not in stderr
+
+
+def test_a_run_scores_its_best_model_as_a_detector_into_its_summary(tmp_path):
+    """needles-train --score_detection: the test split's detection scores in summary.json (as
+    needles-saliency computes them), and in the report's results table."""
+    from needles_tf import run_dir
+    from needles_tf.experiments.results import collect
+    from needles_tf.training.trainer import TrainConfig, train
+
+    data = tiny_nmnist(str(tmp_path / "data"), num_clutter=1,
+                       duplicates={"train": 1, "val": 1, "test": 1})
+    summary = train(TrainConfig(data, str(tmp_path / "runs" / "a"), receptive_field=9,
+                                blocks=(1, 1, 1, 1), width_scale=1 / 16, epochs=1,
+                                batch_size=32, optimizer="adam", normalization=False,
+                                log_images=0, score_detection=True), verbose=0)
+    detection = summary["detection"]
+    scores, _ = localise(run_dir.load_best_model(str(tmp_path / "runs" / "a")), data, "test",
+                         num_examples=0)
+    assert detection["count"] == scores["count"] and detection["split"] == "test"
+    for name in ("saliency", "evidence"):
+        assert detection[name] == pytest.approx(scores[name])
+    row = collect(str(tmp_path / "runs")).iloc[0]
+    assert row["evidence_ap"] == pytest.approx(scores["evidence"]["average_precision"])
+    assert row["pointing_chance"] == pytest.approx(28**2 / 32**2)
+    assert row["stop_reason"] == "cap" and row["stopped_epoch"] == 1

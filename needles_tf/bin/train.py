@@ -77,6 +77,10 @@ flags.DEFINE_boolean("deterministic", False, "Bit-reproducible training: determi
                      "Without it a cached split's order is still a function of (seed, epoch).")
 flags.DEFINE_boolean("overwrite", False, "Start afresh in a --model_dir that holds a run "
                      "(finished or not) with other settings, removing its files.")
+flags.DEFINE_boolean("score_detection", False, "Also score the best model as a weakly "
+                     "supervised detector on the test split (as needles-saliency: detection AP "
+                     "and pointing accuracy of the saliency and evidence maxima), into "
+                     "summary.json's 'detection'. Changes no training; a resume may change it.")
 flags.DEFINE_integer("log_images", 8, "Training images shown in TensorBoard.", lower_bound=0)
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line per epoch, 0 none "
                      "(default: a bar on a terminal, else a line per epoch).", lower_bound=0,
@@ -107,7 +111,8 @@ def main(argv):
         seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, deterministic=FLAGS.deterministic,
         log_images=FLAGS.log_images,
-        init_from=FLAGS.init_from, remat=FLAGS.remat, noise=FLAGS.noise)
+        init_from=FLAGS.init_from, remat=FLAGS.remat, noise=FLAGS.noise,
+        score_detection=FLAGS.score_detection)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:
         summary = train(config, verbose=verbose, overwrite=FLAGS.overwrite,

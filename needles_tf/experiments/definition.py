@@ -42,7 +42,8 @@ TRAIN_FLAGS = frozenset({
     "batch_size", "blocks", "cache", "class_balance", "data_dir", "deterministic", "epochs",
     "init_from", "jit_compile", "k3", "learning_rate", "log_images", "lr_decay",
     "lr_milestones", "micro_batch_size", "model_dir", "noise", "normalization", "optimizer",
-    "overwrite", "pooling", "precision", "receptive_field", "reference_size", "remat", "seed",
+    "overwrite", "pooling", "precision", "receptive_field", "reference_size", "remat",
+    "score_detection", "seed",
     "stop_after_fit", "strategy", "train_size", "verbose", "width_scale"})
 _SPECIAL = ("dataset", "noise")
 

@@ -28,7 +28,12 @@ SETTINGS = ("receptive_field", "blocks", "width_scale", "pooling", "normalizatio
 PREFERRED = {"pooling": "max", "width_scale": 1.0, "class_balance": 0.5,
              "optimizer": "rmsprop", "learning_rate": 5e-5}
 METRICS = ("val_accuracy", "test_accuracy", "test_auc", "final_train_accuracy", "fits",
-           "epochs_to_fit", "best_epoch", "parameters", "wall_seconds")
+           "epochs_to_fit", "best_epoch", "stopped_epoch", "stop_reason", "parameters",
+           "wall_seconds")
+# weakly supervised detection on the test split (needles-train --score_detection): detection AP
+# and pointing accuracy of the saliency and the evidence maps' maxima, and pointing's chance
+DETECTION = ("saliency_ap", "saliency_pointing", "evidence_ap", "evidence_pointing",
+             "pointing_chance")
 
 
 def collect(root: str) -> pd.DataFrame:
@@ -44,7 +49,7 @@ def collect(root: str) -> pd.DataFrame:
 
 def _columns() -> list[str]:
     return ["run", "kind", "dataset", "o2i", "o2i_label", "image_size", "train_images",
-            *SETTINGS, "seed", *METRICS]
+            *SETTINGS, "seed", *METRICS, *DETECTION]
 
 
 def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
@@ -68,6 +73,15 @@ def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
     row.update({key: summary.get(key) for key in METRICS})
     row["test_auc"] = test.get("auc")
     row["fits"] = summary.get("epochs_to_fit") is not None
+    # runs from before the stop rule trained every epoch
+    row["stopped_epoch"] = summary.get("stopped_epoch", summary.get("epochs"))
+    row["stop_reason"] = summary.get("stop_reason", "cap")
+    detection = summary.get("detection") or {}
+    for name in ("saliency", "evidence"):
+        scores = detection.get(name) or {}
+        row[f"{name}_ap"] = scores.get("average_precision")
+        row[f"{name}_pointing"] = scores.get("pointing_accuracy")
+    row["pointing_chance"] = detection.get("pointing_chance")
     return row
 
 

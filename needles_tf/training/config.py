@@ -50,6 +50,7 @@ class TrainConfig:
     init_from: str | None = None
     remat: str = "none"
     noise: str | None = None  # instead of data_dir: Gaussian noise, "SIZE:COUNT" (input/noise.py)
+    score_detection: bool = False  # also score the best model as a detector (test split)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -64,7 +65,8 @@ class TrainConfig:
 
 # How a run is carried out, not what it computes: a resume may change them (e.g. --cache=none
 # after an out-of-memory kill).
-RUNTIME_SETTINGS = ("cache", "log_images", "remat")
+# score_detection adds scores to the summary and changes no training.
+RUNTIME_SETTINGS = ("cache", "log_images", "remat", "score_detection")
 def build_model(config: TrainConfig, channels: int) -> keras.Model:
     return build_classifier(channels, config.receptive_field, config.k3, config.width_scale,
                             config.pooling, normalization=config.normalization,

@@ -28,6 +28,7 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
         model.load_weights(run_dir.best_model_path(config.model_dir))
     results = {split: evaluate_split(model, config, split, batch_size)
                for split in ("val", "test")}
+    detection = _detection(model, config, batch_size) if config.score_detection else None
     fit_epoch = next((row["epoch"] for row in history
                       if row["accuracy"] >= stopping.FIT_ACCURACY), None)
     train_seconds = sum(row["train_seconds"] for row in history)
@@ -47,6 +48,7 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
         "test_accuracy": results["test"]["accuracy"],
         "val": results["val"],
         "test": results["test"],
+        **({"detection": detection} if detection else {}),
         "epochs_to_fit": fit_epoch,
         "final_train_accuracy": history[-1]["accuracy"],
         "wall_seconds": round(time.time() - start_time, 1),
@@ -58,3 +60,17 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
     for name in os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else ():
         os.remove(os.path.join(checkpoint_dir, name))
     return summary
+
+
+def _detection(model: keras.Model, config: TrainConfig, batch_size: int) -> dict[str, Any] | None:
+    """The best model as a weakly supervised detector on the test split (needles-saliency's
+    scores: detection AP and pointing accuracy of the saliency and evidence maxima); None for
+    noise, which has no needles."""
+    if config.noise:
+        return None
+    from needles_tf.evaluation.saliency import MAPS, localise
+
+    scores, _ = localise(model, config.data_dir, "test", batch_size, num_examples=0)
+    return {"split": "test", "count": scores["count"],
+            "pointing_chance": scores["pointing_chance"],
+            **{name: scores[name] for name in MAPS}}
