@@ -12,7 +12,7 @@ from needles_tf.models.dtypes import wide_dtype
 POOLINGS = ("max", "mean", "logsumexp", "attention")
 
 
-def _flatten_locations(x):
+def flatten_locations(x):
     """[B, h, w, c] -> [B, h*w, c]."""
     shape = ops.shape(x)
     return ops.reshape(x, (shape[0], -1, shape[-1]))
@@ -28,7 +28,7 @@ class LogSumExpPooling(keras.layers.Layer):
 
     def call(self, x):
         # keras.ops.logsumexp subtracts the maximum first, so large activations stay finite.
-        return ops.logsumexp(_flatten_locations(x), axis=1)
+        return ops.logsumexp(flatten_locations(x), axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
@@ -52,12 +52,12 @@ class AttentionPooling(keras.layers.Layer):
 
     def attention_weights(self, x):
         """[B, h, w, c] -> [B, h*w] weights that sum to one per image."""
-        scores = self.score(self.hidden(_flatten_locations(x)))
+        scores = self.score(self.hidden(flatten_locations(x)))
         return ops.softmax(ops.squeeze(scores, axis=-1), axis=-1)
 
     def call(self, x):
         weights = self.attention_weights(x)
-        return ops.einsum("bl,blc->bc", weights, _flatten_locations(x))
+        return ops.einsum("bl,blc->bc", weights, flatten_locations(x))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
