@@ -13,7 +13,14 @@ import pytest
 import tensorflow as tf
 
 from needles_tf.data import metadata, schema
-from needles_tf.generation import camelyon, ncamelyon, ncamelyon_config, ncamelyon_tables, slides
+from needles_tf.generation import (
+    camelyon,
+    ncamelyon,
+    ncamelyon_config,
+    ncamelyon_tables,
+    slides,
+    wsi,
+)
 from needles_tf.input import make_dataset
 
 CROP = 64
@@ -72,9 +79,9 @@ def masks(tree):
     for path in camelyon.find_slides(slide_dir):
         xml = camelyon.annotation_path(path, annotation_dir)
         if xml:
-            slide = camelyon.open_slide(path)
+            slide = wsi.open_slide(path)
             mask = camelyon.rasterize(camelyon.parse_asap_xml(xml),
-                                      camelyon.slide_level(slide, 3, path))
+                                      wsi.level_at_index(slide, 3, path))
             out[camelyon.slide_name(path)] = (mask, camelyon.lesion_regions(mask))
     return out
 

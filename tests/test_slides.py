@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from needles_tf.generation import camelyon, slides
+from needles_tf.generation import camelyon, slides, wsi
 
 SIZE = 1024
 
@@ -38,7 +38,7 @@ def test_tree_layout_centres_and_pyramid(tree17):
     assert xmls == [f"patient_{p:03d}_node_0.xml" for p in (0, 20, 40, 60, 80)]
     for path in paths:
         assert camelyon.slide_center(path) == int(path.split("center_")[1][0])
-        slide = camelyon.open_slide(path)
+        slide = wsi.open_slide(path)
         assert slide.properties["openslide.vendor"] == "generic-tiff"
         assert slide.level_dimensions[0] == (SIZE, SIZE)
         assert slide.level_downsamples == (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -48,9 +48,9 @@ def test_tree_layout_centres_and_pyramid(tree17):
 def test_lesion_pixels_look_different_from_tissue_and_background(tree17):
     out, paths = tree17
     path = paths[0]
-    slide = camelyon.open_slide(path)
-    level = camelyon.slide_level(slide, 3, path)
-    image = camelyon.read_crop(slide, level, 0, 0, level.width, path)
+    slide = wsi.open_slide(path)
+    level = wsi.level_at_index(slide, 3, path)
+    image = wsi.read_crop(slide, level, 0, 0, level.width, path)
     annotations = camelyon.parse_asap_xml(camelyon.annotation_path(
         path, os.path.join(out, "lesion_annotations")))
     lesion = camelyon.rasterize(annotations, level).window(0, 0, level.height, level.width)
@@ -91,8 +91,8 @@ def test_camelyon17_and_camelyon16_xml_parse(tree17, tree16):
 def test_camelyon16_exclusion_is_removed_from_the_mask(tree16):
     out, paths = tree16
     path = paths[0]
-    slide = camelyon.open_slide(path)
-    level = camelyon.slide_level(slide, 2, path)
+    slide = wsi.open_slide(path)
+    level = wsi.level_at_index(slide, 2, path)
     xml = camelyon.annotation_path(path, os.path.join(out, "lesion_annotations"))
     annotations = camelyon.parse_asap_xml(xml)
     mask = camelyon.rasterize(annotations, level)
@@ -102,7 +102,7 @@ def test_camelyon16_exclusion_is_removed_from_the_mask(tree16):
     assert without.window(int(hole[1]), int(hole[0]), 1, 1)[0, 0]
     assert without.pixels.sum() > mask.pixels.sum()
     # The hole is normal tissue in the pixels too: lighter than the lesion around it.
-    image = camelyon.read_crop(slide, level, int(hole[0]) - 2, int(hole[1]) - 2, 5, path)
+    image = wsi.read_crop(slide, level, int(hole[0]) - 2, int(hole[1]) - 2, 5, path)
     assert image[..., 1].mean() > 130
 
 
@@ -110,10 +110,11 @@ def test_make_slides_binary(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, "-m", "needles_tf.bin.make_slides",
                            f"--output_dir={tmp_path}", "--num_patients=1", "--size=512",
-                           "--levels=3", "--xml_style=camelyon16"],
+                           "--levels=3", "--xml_style=camelyon16", "--scanner_mpp=0.5"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert os.path.isfile(tmp_path / "center_0" / "patient_000_node_0.tif")
     assert os.path.isfile(tmp_path / "lesion_annotations" / "patient_000_node_0.xml")
-    assert np.asarray(camelyon.open_slide(str(tmp_path / "center_0" / "patient_000_node_0.tif"))
-                      .level_dimensions).tolist() == [[512, 512], [256, 256], [128, 128]]
+    slide = wsi.open_slide(str(tmp_path / "center_0" / "patient_000_node_0.tif"))
+    assert np.asarray(slide.level_dimensions).tolist() == [[512, 512], [256, 256], [128, 128]]
+    assert float(slide.properties["openslide.mpp-x"]) == 0.5

@@ -5,19 +5,23 @@
 
 Slides are found recursively under --slide_dir (center_K/patient_XXX_node_Y.tif); a slide with
 <name>.xml in --annotation_dir (default: beside the slide) gives positive crops, one without gives
-negatives. A bad slide is reported and skipped (--strict stops instead). Re-running with the same
-flags resumes slide by slide and shard by shard.
+negatives. --mpp (or --magnification) reads every slide at one physical resolution, whatever its
+scanner, from the pyramid level at or finer than it, resampled; a slide that records no
+resolution is reported and skipped unless --assume_mpp gives one. A bad slide is reported and
+skipped (--strict stops instead). A split with positives but no negatives stops the run
+(--allow_missing_negatives writes it). Re-running with the same flags resumes slide by slide
+and shard by shard.
 """
 
 import logging
 import os
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from needles_tf.bin import common
 from needles_tf.data import metadata
-from needles_tf.generation import camelyon, ncamelyon, ncamelyon_config, ncamelyon_tables
+from needles_tf.generation import camelyon, ncamelyon, ncamelyon_config, ncamelyon_tables, wsi
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("slide_dir", None, "Root of the slides (searched recursively).",
@@ -29,13 +33,25 @@ flags.DEFINE_string("stage_labels", None, "CAMELYON17 stage_labels.csv: take neg
                     "taken as negative).")
 flags.DEFINE_string("output_dir", None, "Dataset directory; default "
                     "tfrecords/ncamelyon_<crop_size>_<o2i_bin>.")
-flags.DEFINE_integer("crop_size", 256, "Crop height = width in pixels at --level (the paper: "
-                     "128, 256, 512, 1024).", lower_bound=1)
+flags.DEFINE_integer("crop_size", 256, "Crop height = width in pixels at --mpp or --level (the "
+                     "paper: 128, 256, 512, 1024).", lower_bound=1)
 flags.DEFINE_enum("o2i_bin", "1-10", list(ncamelyon_config.O2I_BINS),
                   "Lesion fraction bin (lo, hi] in percent.")
 flags.DEFINE_integer("crops_per_region", 50, "Random crops tried per lesion region.",
                      lower_bound=1)
-flags.DEFINE_integer("level", 3, "Pyramid level of crops and masks.", lower_bound=0)
+flags.DEFINE_integer("level", 3, "Pyramid level of crops and masks, read as it is (the former "
+                     "rule; one level is another scale on another scanner: prefer --mpp).",
+                     lower_bound=0)
+flags.DEFINE_float("mpp", None, "Resolution of crops and masks in microns per pixel, whatever "
+                   "each slide's scanner (CAMELYON's level 3: about 1.94); overrides --level.",
+                   lower_bound=0)
+flags.DEFINE_float("magnification", None, "Resolution as an objective magnification: --mpp = "
+                   "10 / M (40x: 0.25, 20x: 0.5, 5x: 2.0).", lower_bound=0)
+flags.DEFINE_float("assume_mpp", None, "Level-0 microns per pixel of slides whose metadata "
+                   "records none (without it they are reported and skipped under --mpp).",
+                   lower_bound=0)
+flags.DEFINE_boolean("allow_missing_negatives", False, "Write a split that has positives but "
+                     "no negatives (its AUC is undefined) instead of stopping.")
 flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.", lower_bound=1)
 flags.DEFINE_boolean("strict", False, "Stop at the first bad slide instead of skipping it.")
@@ -59,6 +75,14 @@ def _centers(name: str) -> tuple[int, ...]:
                          f"{','.join(FLAGS[name].value)!r}") from None
 
 
+def _mpp() -> float | None:
+    if FLAGS.mpp is not None and FLAGS.magnification is not None:
+        raise app.UsageError("give --mpp or --magnification, not both")
+    if FLAGS.magnification is not None:
+        return wsi.magnification_mpp(FLAGS.magnification)
+    return FLAGS.mpp
+
+
 def main(argv):
     common.no_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -67,7 +91,8 @@ def main(argv):
     try:
         config = ncamelyon_config.NcamelyonConfig(
             crop_size=FLAGS.crop_size, o2i_bin=FLAGS.o2i_bin,
-            crops_per_region=FLAGS.crops_per_region, level=FLAGS.level, seed=FLAGS.seed,
+            crops_per_region=FLAGS.crops_per_region, level=FLAGS.level, mpp=_mpp(),
+            assume_mpp=FLAGS.assume_mpp, seed=FLAGS.seed,
             lesion_groups=tuple(FLAGS.lesion_groups),
             exclusion_groups=tuple(FLAGS.exclusion_groups),
             val_centers=_centers("val_centers"), test_centers=_centers("test_centers"),
@@ -75,7 +100,8 @@ def main(argv):
         meta = ncamelyon.build_ncamelyon(
             FLAGS.slide_dir, output_dir, config, annotation_dir=FLAGS.annotation_dir,
             stage_labels=FLAGS.stage_labels, workers=FLAGS.workers, strict=FLAGS.strict,
-            overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+            overwrite=FLAGS.overwrite, progress=FLAGS.progress,
+            allow_missing_negatives=FLAGS.allow_missing_negatives)
     except (camelyon.SlideError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-make-ncamelyon: error: {e}")
     print(ncamelyon_tables.summary_text(meta))

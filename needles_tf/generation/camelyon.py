@@ -1,15 +1,15 @@
 """Reading CAMELYON16/17 as distributed: slides, ASAP XML lesion annotations, centres, masks.
 
-* Slides are opened with openslide (`openslide-python` + `openslide-bin`) and only regions are
-  read (`read_crop`), never a whole level-0 image.
+* Slides are opened and read with openslide at a pyramid level or a resolution in microns per
+  pixel by `wsi` (only regions, never a whole level-0 image).
 * ASAP XML: ``<ASAP_Annotations><Annotations><Annotation PartOfGroup=.. Type=..><Coordinates>
   <Coordinate Order X Y/>``, level-0 pixel coordinates. Lesion groups default to CAMELYON17's
   ``metastases`` and CAMELYON16's ``_0``/``_1``; exclusion groups (cut out of lesions) to
   CAMELYON16's ``_2``; annotations in other groups are ignored, as are those with fewer than three
   points (dots: no area).
-* Masks are rasterised at one pyramid level (`rasterize`) over the bounding box of the lesions
-  only, with a pixel inside when its centre is; connected lesion regions (8-connected) come from
-  `lesion_regions`.
+* Masks are rasterised on one grid of the slide (`rasterize`: a pyramid level or a resolution,
+  wsi.Level) over the bounding box of the lesions only, with a pixel inside when its centre is;
+  connected lesion regions (8-connected) come from `lesion_regions`.
 * Centre: the ``center_K`` folder a slide sits in, else CAMELYON17's naming
   (``patient_XXX_node_Y``: centre = XXX // 20); the two must agree when both exist. Split by
   centre: 3 -> val, 4 -> test, others -> train (configurable).
@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from needles_tf.generation.wsi import Level, SlideError
+
 SLIDE_EXTENSIONS = (".tif", ".tiff")
 DEFAULT_LESION_GROUPS = ("metastases", "_0", "_1")
 DEFAULT_EXCLUSION_GROUPS = ("_2",)
@@ -37,10 +39,6 @@ _CENTER_DIR = re.compile(r"^center_(\d+)$")
 _PATIENT_NAME = re.compile(r"^patient_(\d+)_node_\d+$")
 
 log = logging.getLogger(__name__)
-
-
-class SlideError(ValueError):
-    """A slide or annotation file that cannot be used; the message starts with its path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,65 +207,11 @@ def read_stage_labels(path: str) -> dict[str, str]:
             if r["patient"].lower().endswith(SLIDE_EXTENSIONS)}
 
 
-# ------------------------------------------------------------------------------ pixels
-
-def open_slide(path: str):
-    """An openslide.OpenSlide of `path` (SlideError naming the file if openslide cannot)."""
-    import openslide
-
-    try:
-        return openslide.OpenSlide(path)
-    except (openslide.OpenSlideError, OSError) as e:
-        raise SlideError(f"{path}: openslide cannot open it ({e}); expected a whole-slide image "
-                         "such as a pyramidal tiled TIFF") from e
-
-
-@dataclasses.dataclass(frozen=True)
-class Level:
-    """Geometry of one pyramid level: size at that level, downsample and level-0 size."""
-
-    index: int
-    width: int
-    height: int
-    downsample: float
-    width0: int
-    height0: int
-
-
-def slide_level(slide, level: int, path: str) -> Level:
-    """The geometry of pyramid `level` of an open slide (SlideError if it has no such level)."""
-    if not 0 <= level < slide.level_count:
-        raise SlideError(f"{path}: no pyramid level {level} (the slide has {slide.level_count} "
-                         "levels); choose a smaller --level")
-    width, height = slide.level_dimensions[level]
-    width0, height0 = slide.dimensions
-    return Level(level, width, height, float(slide.level_downsamples[level]), width0, height0)
-
-
-def read_crop(slide, level: Level, x: int, y: int, size: int, path: str = "") -> np.ndarray:
-    """RGB uint8 [size, size, 3] at `level` with top-left (x, y) in that level's pixels.
-
-    Transparent pixels (outside the scanned area) become white, like empty glass.
-    """
-    import openslide
-
-    # ceil keeps openslide's truncating division by a non-integer downsample on pixel x.
-    location = (int(np.ceil(x * level.downsample)), int(np.ceil(y * level.downsample)))
-    try:
-        rgba = np.asarray(slide.read_region(location, level.index, (size, size)))
-    except openslide.OpenSlideError as e:
-        raise SlideError(f"{path}: cannot read a {size}x{size} region at level {level.index} "
-                         f"({e})") from e
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    # openslide returns premultiplied alpha: composite onto white.
-    return (rgba[..., :3] + (255 - alpha)).clip(0, 255).astype(np.uint8)
-
-
 # ------------------------------------------------------------------------------ masks
 
 @dataclasses.dataclass(frozen=True)
 class LesionMask:
-    """Lesion mask of a slide at one level, stored only over the lesions' bounding box.
+    """Lesion mask of a slide on one grid (wsi.Level), stored only over the lesions' bounding box.
 
     `pixels` (bool [h, w]) covers level pixels [y0, y0 + h) x [x0, x0 + w); the level is
     `height` x `width`; everything outside `pixels` is lesion-free.

@@ -1,4 +1,11 @@
-"""The parameters of one nCAMELYON data set: crop size, O2I bin, sampling and the split rule."""
+"""The parameters of one nCAMELYON data set: crop size, O2I bin, resolution, sampling and the split
+rule.
+
+Resolution: `mpp` (microns per pixel; wsi.level_at_mpp) reads every slide at one physical scale,
+whatever its scanner; without it, pyramid `level` is read as it is (the former behaviour: the
+same index is a different scale on slides of different scanners). `assume_mpp` is the level-0
+resolution of slides that record none (without it they are skipped in `mpp` mode).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
-from needles_tf.generation import camelyon
+from needles_tf.generation import camelyon, wsi
 
 O2I_BINS = {"50-100": (0.5, 1.0), "10-50": (0.1, 0.5), "1-10": (0.01, 0.1),
             "0.1-1": (0.001, 0.01)}
@@ -21,6 +28,8 @@ class NcamelyonConfig:
     o2i_bin: str = "1-10"
     crops_per_region: int = 50
     level: int = 3
+    mpp: float | None = None
+    assume_mpp: float | None = None
     seed: int = 0
     lesion_groups: tuple[str, ...] = camelyon.DEFAULT_LESION_GROUPS
     exclusion_groups: tuple[str, ...] = camelyon.DEFAULT_EXCLUSION_GROUPS
@@ -38,6 +47,10 @@ class NcamelyonConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.level < 0 or self.seed < 0:
             raise ValueError(f"level and seed must be >= 0, got {self.level}, {self.seed}")
+        for name in ("mpp", "assume_mpp"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive microns per pixel, got {value}")
         if set(self.val_centers) & set(self.test_centers):
             raise ValueError(f"val_centers {self.val_centers} and test_centers "
                              f"{self.test_centers} overlap")
@@ -49,6 +62,10 @@ class NcamelyonConfig:
     def bounds(self) -> tuple[float, float]:
         """The O2I bin as fractions (lo, hi]."""
         return O2I_BINS[self.o2i_bin]
+
+    def grid(self, slide, path: str) -> wsi.Level:
+        """The grid crops and masks are taken on: the slide at `mpp`, else pyramid `level`."""
+        return wsi.level_for(slide, path, self.level, self.mpp, self.assume_mpp)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from needles_tf import atomic
-from needles_tf.generation import camelyon
+from needles_tf.generation import camelyon, wsi
 from needles_tf.generation.camelyon import SlideSource
 from needles_tf.generation.ncamelyon_config import NcamelyonConfig
 from needles_tf.generation.workers import map_in_processes, worker_died
@@ -109,9 +109,9 @@ def plan_lesion_slide(source: SlideSource, config: NcamelyonConfig,
         return cached
     annotations = camelyon.parse_asap_xml(source.annotation, config.lesion_groups,
                                           config.exclusion_groups)
-    slide = camelyon.open_slide(source.path)
+    slide = wsi.open_slide(source.path)
     try:
-        level = camelyon.slide_level(slide, config.level, source.path)
+        level = config.grid(slide, source.path)
     finally:
         slide.close()
     mask = camelyon.rasterize(annotations, level, source.path)
@@ -136,9 +136,9 @@ def plan_negative_slide(source: SlideSource, config: NcamelyonConfig, quota: int
     if cached is not None:
         return cached
     c = config.crop_size
-    slide = camelyon.open_slide(source.path)
+    slide = wsi.open_slide(source.path)
     try:
-        level = camelyon.slide_level(slide, config.level, source.path)
+        level = config.grid(slide, source.path)
         windows, seen = [], set()
         rng = _rng(config.seed, source.name, 0)
         if level.width >= c and level.height >= c:
@@ -150,7 +150,7 @@ def plan_negative_slide(source: SlideSource, config: NcamelyonConfig, quota: int
                 if (x, y) in seen:
                     continue
                 seen.add((x, y))
-                green = float(camelyon.read_crop(slide, level, x, y, c, source.path)[..., 1]
+                green = float(wsi.read_crop(slide, level, x, y, c, source.path)[..., 1]
                               .mean())
                 if green < config.max_mean_green:
                     windows.append([x, y, green])

@@ -14,8 +14,14 @@ A slide is white background (RGB about 240) with tissue blobs of a pink, finely 
 (mean green about 150) and, in lesion slides, irregular polygonal lesions of a purple texture with
 coarser nuclei. Lesion radii are log-uniform between `size / 200` and `size / 8` level-0 pixels,
 so at pyramid level 3 and 64-pixel crops every O2I bin of nCAMELYON gets lesions. Pyramid levels
-halve the size (2x2 mean), one tiled zlib-compressed TIFF page each; openslide reports
-downsamples 1, 2, 4, ... Everything is deterministic in `seed`.
+halve the size (2x2 mean), one tiled zlib-compressed TIFF page each (pyramid_tiff.py); openslide
+reports downsamples 1, 2, 4, ... and the scanner's resolution (`openslide.mpp-x`, 0.25 um per
+pixel by default, a 40x scan). Everything is deterministic in `seed`.
+
+A mixed cohort: `scanner_mpp=(0.25, 0.4)` scans every other patient with a second scanner of
+coarser base resolution: the slide is rendered at 0.25 um and resampled to 0.4 (its lesions
+scaled alike), so the same tissue comes at a different pixel scale, as from another make of
+scanner. `None` among them writes slides without resolution metadata.
 
 `xml_style="camelyon16"` writes CAMELYON16's groups instead of `metastases`: lesions alternate
 between `_0` and `_1`, and the largest lesion of a slide gets a `_2` exclusion polygon (a hole of
@@ -32,13 +38,14 @@ from typing import Sequence
 import numpy as np
 
 from needles_tf import atomic
-from needles_tf.generation import camelyon
+from needles_tf.generation import camelyon, pyramid_tiff
 
 NUM_CENTERS = 5
 # Palette of the rendered classes: background, tissue, tissue nucleus, lesion, lesion nucleus.
 PALETTE = np.array([[242, 242, 244], [228, 160, 196], [120, 70, 150], [186, 112, 186],
                     [72, 30, 110]], np.uint8)
 BACKGROUND, TISSUE, TISSUE_NUCLEUS, LESION, LESION_NUCLEUS = range(5)
+DEFAULT_MPP = 0.25  # level-0 microns per pixel: a 40x scanner (CAMELYON's are 0.23-0.25)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,29 +166,40 @@ def _paint_lesions(rng: np.random.Generator, classes: np.ndarray,
         box[inside] = np.where(nuclei, np.uint8(LESION_NUCLEUS), np.uint8(LESION))[inside]
 
 
-def pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
-    """`levels` images, each half the previous one (2x2 mean, odd edges dropped), uint8."""
-    out = [np.asarray(image, np.uint8)]
-    for _ in range(levels - 1):
-        a = out[-1]
-        h, w = a.shape[0] // 2, a.shape[1] // 2
-        total = a[0:2 * h:2, 0:2 * w:2].astype(np.uint16) + 2  # + 2: round to nearest
-        for dy, dx in ((0, 1), (1, 0), (1, 1)):
-            total += a[dy:2 * h:2, dx:2 * w:2]
-        out.append((total >> 2).astype(np.uint8))
-    return out
+def scan(image: np.ndarray, lesions: Sequence[SyntheticLesion], render_mpp: float,
+         scanner_mpp: float | None) -> tuple[np.ndarray, list[SyntheticLesion], float | None]:
+    """The rendered slide as a scanner of `scanner_mpp` um per pixel sees it (None: at the
+    rendering's resolution, recording none): the image resampled (Lanczos, anti-aliased) and
+    the lesions' coordinates scaled alike. Returns (image, lesions, exact mpp of the image)."""
+    if scanner_mpp is None or abs(scanner_mpp - render_mpp) <= 1e-9 * render_mpp:
+        return image, list(lesions), scanner_mpp
+    if scanner_mpp < render_mpp:
+        raise ValueError(f"a scanner of {scanner_mpp} um is finer than the rendering's "
+                         f"{render_mpp} um")
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    size = (max(1, round(width * render_mpp / scanner_mpp)),
+            max(1, round(height * render_mpp / scanner_mpp)))
+    factor = np.array([size[0] / width, size[1] / height])
+    scanned = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    moved = [dataclasses.replace(lesion, points=lesion.points * factor,
+                                 hole=None if lesion.hole is None else lesion.hole * factor)
+             for lesion in lesions]
+    return scanned, moved, render_mpp / float(factor[0])
 
 
-def write_pyramidal_tiff(path: str, image: np.ndarray, levels: int = 5,
-                         tile_size: int = 256) -> None:
-    """Writes a tiled, zlib-compressed pyramidal TIFF (one page per level) atomically."""
-    import tifffile
-
-    with atomic.atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tiff:
-        for i, level in enumerate(pyramid(image, levels)):
-            tiff.write(level, photometric="rgb", tile=(tile_size, tile_size),
-                       compression="zlib", compressionargs={"level": 1},
-                       subfiletype=1 if i else 0, metadata=None)
+def write_slide(path: str, image: np.ndarray, lesions: Sequence[SyntheticLesion],
+                render_mpp: float, scanner_mpp: float | None, levels: int = 5,
+                tile_size: int = 256) -> list[SyntheticLesion]:
+    """Writes a rendered slide as scanned at `scanner_mpp` (pyramidal TIFF with its resolution;
+    None: no resolution recorded); returns the lesions in the scan's level-0 pixels."""
+    scanned, moved, mpp = scan(image, lesions, render_mpp, scanner_mpp)
+    if min(scanned.shape[:2]) < 2 ** (levels - 1) * 16:
+        raise ValueError(f"a {scanned.shape[1]} x {scanned.shape[0]} scan is too small for "
+                         f"{levels} pyramid levels")
+    pyramid_tiff.write_pyramidal_tiff(path, scanned, levels=levels, tile_size=tile_size, mpp=mpp)
+    return moved
 
 
 def asap_xml(lesions: Sequence[SyntheticLesion]) -> str:
@@ -209,13 +227,22 @@ def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0
                           size: int = 2048, levels: int = 5, tile_size: int = 256,
                           nodes_per_patient: int = 1,
                           lesions_per_slide: tuple[int, int] = (3, 6),
-                          xml_style: str = "camelyon17") -> list[str]:
+                          xml_style: str = "camelyon17",
+                          scanner_mpp: Sequence[float | None] = (DEFAULT_MPP,)) -> list[str]:
     """Writes a synthetic CAMELYON17-style slide tree; returns the slide paths (sorted).
 
-    size: level-0 width = height in pixels; levels: pyramid levels (level k is size / 2**k);
-    lesions_per_slide: inclusive range of lesions in a lesion slide; xml_style: "camelyon17"
-    (group `metastases`) or "camelyon16" (`_0`/`_1` lesions, `_2` exclusions). Existing files
-    are rewritten; every file appears atomically.
+    Args:
+      size: level-0 width = height in pixels at the finest scanner's resolution.
+      levels: pyramid levels (level k is size / 2**k).
+      lesions_per_slide: inclusive range of lesions in a lesion slide.
+      xml_style: "camelyon17" (group `metastases`) or "camelyon16" (`_0`/`_1` lesions, `_2`
+        exclusions).
+      scanner_mpp: the scanners' level-0 microns per pixel; patient i is scanned by scanner
+        i % len(scanner_mpp), so two scanners give every centre slides of both (a mixed
+        cohort). Slides are rendered at the finest and resampled for coarser scanners; None
+        writes a slide without resolution metadata.
+
+    Existing files are rewritten; every file appears atomically.
     """
     if xml_style not in ("camelyon17", "camelyon16"):
         raise ValueError(f"xml_style must be 'camelyon17' or 'camelyon16', got {xml_style!r}")
@@ -223,6 +250,11 @@ def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0
         raise ValueError("num_patients and nodes_per_patient must be >= 1")
     if size < 2 ** (levels - 1) * 16:
         raise ValueError(f"size {size} too small for {levels} pyramid levels")
+    scanner_mpp = tuple(scanner_mpp) or (DEFAULT_MPP,)
+    if any(m is not None and not m > 0 for m in scanner_mpp):
+        raise ValueError(f"scanner resolutions must be positive microns per pixel, got "
+                         f"{scanner_mpp}")
+    render_mpp = min((m for m in scanner_mpp if m is not None), default=DEFAULT_MPP)
     annotation_dir = os.path.join(output_dir, "lesion_annotations")
     os.makedirs(annotation_dir, exist_ok=True)
     paths = []
@@ -238,7 +270,8 @@ def make_synthetic_slides(output_dir: str, num_patients: int = 10, seed: int = 0
             slide_dir = os.path.join(output_dir, f"center_{center}")
             os.makedirs(slide_dir, exist_ok=True)
             path = os.path.join(slide_dir, f"{name}.tif")
-            write_pyramidal_tiff(path, image, levels, tile_size)
+            lesions = write_slide(path, image, lesions, render_mpp,
+                                  scanner_mpp[i % len(scanner_mpp)], levels, tile_size)
             if lesions:
                 atomic.write_text(os.path.join(annotation_dir, f"{name}.xml"), asap_xml(lesions))
             paths.append(path)
