@@ -8,7 +8,8 @@ import tensorflow as tf
 from needles_tf.models import RF_PRESETS, build_classifier, build_evidence_model
 from needles_tf.models.streaming import StreamedClassifier, StreamingError
 from needles_tf.models.tiles import TileGeometry
-from needles_tf.training.streamed import streamed_gradients, streamed_logits
+from needles_tf.serving.streamed import streamed_logits
+from needles_tf.training.streamed import streamed_gradients
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 # (receptive field, blocks per stage, image height, width, pixels above the minimum tile)

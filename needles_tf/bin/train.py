@@ -49,6 +49,11 @@ flags.DEFINE_enum("remat", "none", list(REMAT), "Rematerialisation (gradient che
                   "pass (about half the memory per image at 512 x 512, capacity 1, for a "
                   "quarter more time), 'stage' each stage's; the same results. A resume may "
                   "change it.")
+flags.DEFINE_integer("tile_size", None, "Stream each image through the network in tiles of at "
+                     "most this many pixels a side (e.g. 512): the same logits and gradients "
+                     "as whole images, with a step's memory set by the tile, not the image. "
+                     "Needs --nonormalization (instance norm is global per image). A resume "
+                     "may change it.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 5e-5, "Initial learning rate.", lower_bound=0)
 flags.DEFINE_list("lr_milestones", ["80", "120", "160"], "Epochs where the rate decays.")
 flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each milestone.")
@@ -111,7 +116,8 @@ def main(argv):
         seed=FLAGS.seed, precision=FLAGS.precision, strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile, cache=FLAGS.cache, deterministic=FLAGS.deterministic,
         log_images=FLAGS.log_images,
-        init_from=FLAGS.init_from, remat=FLAGS.remat, noise=FLAGS.noise,
+        init_from=FLAGS.init_from, remat=FLAGS.remat, tile_size=FLAGS.tile_size,
+        noise=FLAGS.noise,
         score_detection=FLAGS.score_detection)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else 1 if sys.stdout.isatty() else 2
     try:

@@ -11,13 +11,23 @@ import tensorflow as tf
 from needles_tf.evaluation.metrics import classification_metrics
 from needles_tf.input import dataset_info, make_dataset
 from needles_tf.models import check_binary, min_image_size, needle_probability
+from needles_tf.models.streaming import StreamedClassifier
+from needles_tf.serving.streamed import streamed_logits
 
 
-def predict_probabilities(model: keras.Model,
-                          dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches."""
+def predict_probabilities(model: keras.Model, dataset: tf.data.Dataset,
+                          tile_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches.
+
+    tile_size: stream each image in tiles of this many pixels (serving/streamed.py): the same
+    probabilities with the memory of a tile; None: whole images.
+    """
     check_binary(model)
-    if model.distribute_strategy.num_replicas_in_sync > 1:
+    if tile_size:
+        streamed = StreamedClassifier(model, tile_size)
+        forward = tf.function(lambda images: streamed_logits(streamed, images),
+                              input_signature=[dataset.element_spec[0]])
+    elif model.distribute_strategy.num_replicas_in_sync > 1:
         # One traced forward pass, outside the strategy's replicas: Keras' predict under
         # several replicas gathers its outputs across workers, so one worker evaluating alone
         # (the chief, validating) would wait for the others for ever.
@@ -36,8 +46,9 @@ def predict_probabilities(model: keras.Model,
 
 
 def evaluate(model: keras.Model, data_dir: str, split: str = "test",
-             batch_size: int = 32) -> dict[str, Any]:
-    """Metrics (see `classification_metrics`) of `model` on one split of a dataset directory.
+             batch_size: int = 32, tile_size: int | None = None) -> dict[str, Any]:
+    """Metrics (see `classification_metrics`) of `model` on one split of a dataset directory,
+    each image whole or streamed in tiles of `tile_size` pixels.
 
     Raises ValueError (metadata.DatasetError for dataset problems) naming the dataset and the
     mismatch when its images do not fit the model.
@@ -54,5 +65,5 @@ def evaluate(model: keras.Model, data_dir: str, split: str = "test",
     if info["count"] == 0:
         raise ValueError(f"{data_dir}: split {split!r} has no images")
     labels, probs = predict_probabilities(
-        model, make_dataset(data_dir, split, batch_size, training=False))
+        model, make_dataset(data_dir, split, batch_size, training=False), tile_size)
     return {"data_dir": data_dir, "split": split, **classification_metrics(labels, probs)}

@@ -88,14 +88,16 @@ class ClassifierCallback(keras.callbacks.Callback):
 class ValidationMetrics(ClassifierCallback):
     """val_loss, val_accuracy, val_precision, val_recall, val_auc after each epoch, in one pass."""
 
-    def __init__(self, dataset: tf.data.Dataset, classifier: keras.Model | None = None):
+    def __init__(self, dataset: tf.data.Dataset, classifier: keras.Model | None = None,
+                 tile_size: int | None = None):
         super().__init__(classifier)
         self.dataset = dataset
+        self.tile_size = tile_size
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite_loss(logs):
             return
-        labels, probabilities = predict_probabilities(self.model, self.dataset)
+        labels, probabilities = predict_probabilities(self.model, self.dataset, self.tile_size)
         p_true = np.where(labels == 1, probabilities, 1.0 - probabilities)
         metrics = classification_metrics(labels, probabilities)
         logs["val_loss"] = float(-np.mean(np.log(np.clip(p_true, 1e-7, 1.0))))

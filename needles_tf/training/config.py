@@ -49,6 +49,7 @@ class TrainConfig:
     log_images: int = 8
     init_from: str | None = None
     remat: str = "none"
+    tile_size: int | None = None  # stream images in tiles of this many pixels (training/streamed)
     noise: str | None = None  # instead of data_dir: Gaussian noise, "SIZE:COUNT" (input/noise.py)
     score_detection: bool = False  # also score the best model as a detector (test split)
 
@@ -66,7 +67,9 @@ class TrainConfig:
 # How a run is carried out, not what it computes: a resume may change them (e.g. --cache=none
 # after an out-of-memory kill).
 # score_detection adds scores to the summary and changes no training.
-RUNTIME_SETTINGS = ("cache", "log_images", "remat", "score_detection")
+RUNTIME_SETTINGS = ("cache", "log_images", "remat", "score_detection", "tile_size")
+
+
 def build_model(config: TrainConfig, channels: int) -> keras.Model:
     return build_classifier(channels, config.receptive_field, config.k3, config.width_scale,
                             config.pooling, normalization=config.normalization,

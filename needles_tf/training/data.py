@@ -64,8 +64,8 @@ def evaluate_split(model: keras.Model, config: TrainConfig, split: str,
                    batch_size: int) -> dict[str, Any]:
     """Metrics of `model` on a split (evaluation.evaluate's, for noise too)."""
     if config.noise:
-        labels, probs = predict_probabilities(model, evaluation_batches(config, split,
-                                                                        batch_size))
+        labels, probs = predict_probabilities(
+            model, evaluation_batches(config, split, batch_size), config.tile_size)
         return {"noise": config.noise, "split": split,
                 **classification_metrics(labels, probs)}
-    return evaluate(model, config.data_dir, split, batch_size)
+    return evaluate(model, config.data_dir, split, batch_size, config.tile_size)

@@ -16,6 +16,9 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from needles_tf.models.streaming import StreamedClassifier
+from needles_tf.training.streamed import streamed_gradients
+
 SUM = tf.distribute.ReduceOp.SUM
 _PER_IMAGE_LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
@@ -32,12 +35,15 @@ class TrainLoop:
       accumulation: micro-batches per replica and global batch; above 1, each replica's share
         of a global batch is cut into micro-batches of `micro_batch` images.
       jit_compile: compile each replica's step with XLA.
+      streamed: run each image tile by tile (training/streamed.py): the same gradients with
+        the memory of a tile; `model` is then the classifier itself.
     """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                  strategy: tf.distribute.Strategy, micro_batch: int, accumulation: int = 1,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, streamed: StreamedClassifier | None = None):
         self.model = model
+        self.streamed = streamed
         self.optimizer = optimizer
         self.strategy = strategy
         self.micro_batch = micro_batch
@@ -64,13 +70,22 @@ class TrainLoop:
         variables = self.model.trainable_variables
 
         def micro_step(x, y):
-            with tf.GradientTape() as tape:
-                logits = self.model(x, training=True)
+            def scaled_loss(logits):
                 loss_sum = tf.reduce_sum(_PER_IMAGE_LOSS(y, tf.cast(logits, tf.float32)))
-                scaled = self.optimizer.scale_loss(loss_sum / global_count)
+                return self.optimizer.scale_loss(loss_sum / global_count), loss_sum
+
+            if self.streamed is not None:
+                grads, logits = streamed_gradients(
+                    self.streamed, x, lambda logits: scaled_loss(logits)[0], variables)
+                loss_sum = scaled_loss(tf.stop_gradient(logits))[1]
+            else:
+                with tf.GradientTape() as tape:
+                    logits = self.model(x, training=True)
+                    scaled, loss_sum = scaled_loss(logits)
+                grads = tape.gradient(scaled, variables)
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=y.dtype), y), tf.float32))
-            return tape.gradient(scaled, variables), loss_sum, correct
+            return grads, loss_sum, correct
 
         if self.accumulation == 1:
             grads, loss_sum, correct = micro_step(images, labels)

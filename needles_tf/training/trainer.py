@@ -21,6 +21,7 @@ import tensorflow as tf
 from needles_tf import atomic, run_dir
 from needles_tf.input.order import selection_counts
 from needles_tf.models.remat import rematerialised
+from needles_tf.models.streaming import StreamedClassifier
 from needles_tf.training import callbacks as cb
 from needles_tf.training import cluster, devices
 from needles_tf.training.claim import claim
@@ -36,7 +37,12 @@ from needles_tf.training.tensorboard import log_input_images
 __all__ = ["TrainConfig", "TrainingError", "train"]
 
 
-def _jit(setting: str) -> bool:
+def _jit(setting: str, streamed: bool) -> bool:
+    if streamed:  # XLA compiles static shapes; a tile loop's tiles differ at the edges
+        if setting == "true":
+            raise ValueError("jit_compile=true cannot compile a tile-streamed step (tiles of "
+                             "different shapes in one loop); leave --jit_compile at auto")
+        return False
     if setting == "auto":
         return devices.num_gpus() > 0
     if setting in ("true", "false"):
@@ -149,6 +155,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         # the classifier is saved and checkpointed; `trained` (itself, or a twin that shares its
         # weights and optimizer and recomputes activations) is what the loop trains
         trained = rematerialised(model, config.remat)
+        streamed = _streamed(model, config)
         optimizer = make_optimizer(config.optimizer, config.learning_rate)
         for compiled in [model] if trained is model else [model, trained]:
             compiled.compile(optimizer=optimizer,
@@ -192,7 +199,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         atomic.write_json(os.path.join(config.model_dir, run_dir.CONFIG), config.to_json())
         val_ds = evaluation_batches(config, "val", micro_batch, cache=config.cache)
         recorder = cb.EpochRecorder(config.model_dir, history, start_time, classifier=model)
-        callbacks += [cb.ValidationMetrics(val_ds, classifier=model),
+        callbacks += [cb.ValidationMetrics(val_ds, classifier=model, tile_size=config.tile_size),
                       keras.callbacks.LearningRateScheduler(schedule), recorder,
                       cb.EpochCheckpoint(checkpoint_dir, recorder, classifier=model),
                       keras.callbacks.TensorBoard(log_dir, write_graph=False)]
@@ -200,7 +207,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
     if initial_epoch < until:
         loop = TrainLoop(trained, optimizer, strategy, micro_batch, accumulation,
-                         jit_compile=_jit(config.jit_compile))
+                         jit_compile=_jit(config.jit_compile, streamed is not None),
+                         streamed=streamed)
         try:
             loop.fit(train_ds, until, initial_epoch, steps_per_epoch,
                      [*callbacks, *extra_callbacks], verbose)
@@ -218,6 +226,22 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, initial_epoch:
         return {"status": "worker", "model_dir": config.model_dir, "epochs": epochs}
     return finish_run(config, model, recorder.history, policy, strategy,
                    epochs, images_per_epoch, start_time, micro_batch)
+
+
+def _streamed(model: keras.Model, config: TrainConfig) -> StreamedClassifier | None:
+    """The classifier's streamed parts for --tile_size (None without it).
+
+    Raises:
+      ValueError: instance normalisation, a tile below the receptive field, or --remat too
+        (a streamed step holds one tile's activations already).
+    """
+    if not config.tile_size:
+        return None
+    if config.remat != "none":
+        raise ValueError(f"remat={config.remat} and tile_size={config.tile_size}: choose one; "
+                         "a streamed step keeps one tile's activations (a smaller tile needs "
+                         "less memory)")
+    return StreamedClassifier(model, config.tile_size)
 
 
 def _first_line(error: Exception) -> str:
