@@ -21,6 +21,9 @@ flags.DEFINE_string("split", "test", "Split to evaluate: train, val or test.")
 flags.DEFINE_string("output", None, "JSON file for the metrics; default "
                     "<model_dir>/eval_<split>_<name of --data_dir>.json.")
 flags.DEFINE_integer("batch_size", 32, "Images per batch.", lower_bound=1)
+flags.DEFINE_integer("tile_size", None, "Stream each image through the model in tiles of this "
+                     "many pixels: the same metrics with a tile's memory, for images too large "
+                     "to run whole (models without instance normalisation).", lower_bound=1)
 
 
 def _format(result: dict) -> str:
@@ -47,7 +50,7 @@ def main(argv):
         from needles_tf.evaluation.evaluate import evaluate
 
         model = run_dir.load_best_model(FLAGS.model_dir)
-        result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size)
+        result = evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, FLAGS.tile_size)
         result = {"model_dir": FLAGS.model_dir, **result}
     except (run_dir.RunDirError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")

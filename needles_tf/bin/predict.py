@@ -25,6 +25,13 @@ flags.DEFINE_string("heatmap_dir", None, "If set, write <file name>.heatmap.png 
                     "<file name>.heatmap.npy.")
 flags.DEFINE_string("output", None, "JSON lines file; default stdout.")
 flags.DEFINE_boolean("strict", False, "Stop at the first file that cannot be used.")
+flags.DEFINE_integer("tile_size", None, "Stream each image through the model in tiles of this "
+                     "many pixels (the same probability and evidence map, a tile's memory); "
+                     "0: whole images; default: tiles of 1024 above 4096 x 4096 pixels.",
+                     lower_bound=0)
+flags.DEFINE_integer("max_pixels", None, "Refuse images above this many pixels before decoding "
+                     "them (a guard against decompression bombs); default: what half the "
+                     "available memory holds.", lower_bound=1)
 
 PROG = "needles-predict"
 
@@ -52,7 +59,8 @@ def main(argv):
 
     try:
         model = load_serving_model(FLAGS.saved_model)
-        records = predict_files(model, files, FLAGS.heatmap_dir, FLAGS.strict, report)
+        records = predict_files(model, files, FLAGS.heatmap_dir, FLAGS.strict, report,
+                                FLAGS.tile_size, FLAGS.max_pixels)
         if FLAGS.output is None:
             _write_lines(records, sys.stdout)
         else:  # finished lines are kept even when a --strict error stops the run

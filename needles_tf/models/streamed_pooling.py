@@ -53,7 +53,8 @@ class RunningMean:
     """Mean pooling: every location's gradient is g / (number of locations)."""
 
     def tile(self, e) -> State:
-        return ops.sum(e, axis=1), ops.cast(ops.shape(e)[1], e.dtype)
+        # the count per image, [B, 1]: every part of a state has the batch first
+        return ops.sum(e, axis=1), ops.ones_like(e[:, 0, :1]) * ops.cast(ops.shape(e)[1], e.dtype)
 
     def merge(self, a: State, b: State) -> State:
         return a[0] + b[0], a[1] + b[1]

@@ -77,6 +77,11 @@ class StreamedClassifier:
         self.head = classifier.get_layer("logits")
         self.dtype = wide_dtype(classifier.get_layer("pooling").compute_dtype)
 
+    @staticmethod
+    def any_tile_size(classifier: keras.Model) -> int:
+        """A tile size this classifier accepts, for code that cuts its own tiles."""
+        return TileGeometry(classifier_k3(classifier)).min_tile_size
+
     def tiles(self, height: int, width: int) -> list[Tile]:
         """The tiles of a height x width image."""
         return self.geometry.tiles(height, width, self.tile_size)

@@ -6,6 +6,15 @@ Signature "serving_default":
      logits       float32 [N, 2]
      evidence_map float32 [N, h, w, 2]  the linear classifier applied at every location
 The variable collection `min_image_size` holds that minimum size (one int32 scalar).
+
+Images of any size, tile by tile (models/streaming.py; normalisation-free models only), with
+the geometry of models/tiles.py from the collection `k3` (int32 [4], the 3x3 blocks per stage):
+  "tile"    images [N, h, w, C] (one tile), valid int32 [4] (rows begin, end, columns begin,
+            end of the exact locations in the tile's embedding)
+            -> evidence_map [N, rows, cols, 2] of those locations, state_0 .. state_k
+  "merge"   a_0 .. a_k, b_0 .. b_k (two tiles' or running states) -> state_0 .. state_k
+  "finish"  state_0 .. state_k (all tiles merged) -> probability, logits
+serving/predict.py's `predict_streamed` drives them.
 """
 
 from __future__ import annotations
@@ -16,11 +25,21 @@ import shutil
 import keras
 import tensorflow as tf
 
-from needles_tf.models import build_evidence_model, check_binary, min_image_size, needle_probability
+from needles_tf.models import (
+    InstanceNormalization,
+    build_evidence_model,
+    check_binary,
+    classifier_k3,
+    min_image_size,
+    needle_probability,
+)
+from needles_tf.models.pooling import flatten_locations
+from needles_tf.models.streaming import StreamedClassifier
 
 SIGNATURE = "serving_default"
 INPUT = "images"
 MIN_SIZE_COLLECTION = "min_image_size"
+K3_COLLECTION = "k3"
 
 
 def _serving_archive(classifier: keras.Model) -> keras.export.ExportArchive:
@@ -49,7 +68,48 @@ def _serving_archive(classifier: keras.Model) -> keras.export.ExportArchive:
     archive.add_variable_collection(
         MIN_SIZE_COLLECTION, [keras.Variable(min_size, dtype="int32", trainable=False,
                                              name=MIN_SIZE_COLLECTION)])
+    if not any(isinstance(layer, InstanceNormalization) for layer in classifier.layers):
+        _add_tile_endpoints(archive, classifier, channels)
     return archive
+
+
+def _add_tile_endpoints(archive: keras.export.ExportArchive, classifier: keras.Model,
+                        channels: int) -> None:
+    """The "tile", "merge" and "finish" endpoints and the `k3` collection (module docstring)."""
+    streamed = StreamedClassifier(classifier, StreamedClassifier.any_tile_size(classifier))
+    images_spec = tf.TensorSpec([None, None, None, channels], tf.float32, name=INPUT)
+
+    def tile(images, valid):
+        size = tf.shape(images)
+        win = (0, size[1], valid[0], valid[1], 0, size[2], valid[2], valid[3])
+        embedding = streamed.embedding(images, win)
+        state = streamed.pooling.tile(flatten_locations(embedding))
+        return {"evidence_map": streamed.head(embedding), **_named(state)}
+
+    probe = tile(tf.zeros([1, 64, 64, channels]), tf.constant([0, 1, 0, 1]))
+    state_specs = [tf.TensorSpec([None, *probe[f"state_{i}"].shape[1:]], tf.float32,
+                                 name=f"state_{i}") for i in range(len(probe) - 1)]
+
+    def merge(*parts):
+        half = len(parts) // 2
+        return _named(streamed.merge(tuple(parts[:half]), tuple(parts[half:])))
+
+    def finish(*state):
+        logits = streamed.logits(streamed.pooled(tuple(state)))
+        return {"probability": needle_probability(logits), "logits": logits}
+
+    archive.add_endpoint("tile", tile, input_signature=[
+        images_spec, tf.TensorSpec([4], tf.int32, name="valid")])
+    archive.add_endpoint("merge", merge, input_signature=[
+        tf.TensorSpec(s.shape, s.dtype, name=f"{side}_{i}")
+        for side in "ab" for i, s in enumerate(state_specs)])
+    archive.add_endpoint("finish", finish, input_signature=state_specs)
+    archive.add_variable_collection(K3_COLLECTION, [keras.Variable(
+        list(classifier_k3(classifier)), dtype="int32", trainable=False, name=K3_COLLECTION)])
+
+
+def _named(state) -> dict[str, tf.Tensor]:
+    return {f"state_{i}": tf.cast(part, tf.float32) for i, part in enumerate(state)}
 
 
 def export_saved_model(classifier: keras.Model, export_dir: str) -> str:

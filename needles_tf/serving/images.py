@@ -6,6 +6,12 @@ arrays must already lie in [0, 1]; other dtypes are refused. Shapes: [H, W] (gre
 else; alpha is dropped). `fit_channels` then converts to the model's channel count: grey -> RGB
 repeats the grey channel; RGB -> grey takes the mean of the three channels (equal weights, so a
 grey image stored as RGB gives back exactly its grey values).
+
+Decompression bombs: Pillow refuses images above 179 megapixels, which are exactly the large
+images tile streaming is for. Its limit is replaced by ours, `max_pixels`, checked from the
+file's header before any pixel is decoded: by default what half the available memory holds at
+BYTES_PER_PIXEL (the decoded image as float32 RGB plus its uint8 source; streaming needs
+only a tile beyond that).
 """
 
 from __future__ import annotations
@@ -17,11 +23,39 @@ import numpy as np
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TIFF_SUFFIXES = (".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
+KNOWN_SUFFIXES = PILLOW_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+
+
+BYTES_PER_PIXEL = 4 * 3 + 3
+
+
+def default_max_pixels() -> int:
+    """The largest image read by default: half the available memory at BYTES_PER_PIXEL."""
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024 // 2 // BYTES_PER_PIXEL
 
 
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
+
+
+def _header_pixels(path: str, suffix: str) -> int:
+    """Pixels of the image in `path`, from its header alone."""
+    if suffix in PILLOW_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size[0] * im.size[1]
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+    else:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    return int(np.prod(shape[:2])) if len(shape) >= 2 else 0
 
 
 def _read_pillow(path: str) -> np.ndarray:
@@ -43,7 +77,7 @@ def _read_array(path: str) -> np.ndarray:
         return tifffile.imread(path)
     if suffix in NPY_SUFFIXES:
         return np.load(path, allow_pickle=False)
-    known = ", ".join(PILLOW_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES)
+    known = ", ".join(KNOWN_SUFFIXES)
     raise ImageError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected {known}")
 
 
@@ -65,11 +99,24 @@ def _to_unit_float(array: np.ndarray, path: str) -> np.ndarray:
                      "bool or float in [0, 1]")
 
 
-def read_image(path: str) -> np.ndarray:
-    """The image in `path` as float32 [H, W, 1 or 3] in [0, 1]; ImageError naming the file."""
+def read_image(path: str, max_pixels: int | None = None) -> np.ndarray:
+    """The image in `path` as float32 [H, W, 1 or 3] in [0, 1]; ImageError naming the file.
+
+    max_pixels: refuse larger images before decoding them (default: `default_max_pixels`).
+    """
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file")
+    limit = max_pixels or default_max_pixels()
+    suffix = os.path.splitext(path)[1].lower()
     try:
+        pixels = _header_pixels(path, suffix) if suffix in KNOWN_SUFFIXES else 0
+        if pixels > limit:
+            raise ImageError(f"{path}: {pixels / 1e6:,.0f} megapixels, above the limit of "
+                             f"{limit / 1e6:,.0f} (a guard against decompression bombs, from "
+                             "half the available memory); raise it with --max_pixels")
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # ours is checked above
         array = np.asarray(_read_array(path))
     except ImageError:
         raise

@@ -14,12 +14,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from needles_tf.heatmaps import write_heatmap
-from needles_tf.serving.export import INPUT, MIN_SIZE_COLLECTION, SIGNATURE
+from needles_tf.models.tiles import TileGeometry
+from needles_tf.serving.export import INPUT, K3_COLLECTION, MIN_SIZE_COLLECTION, SIGNATURE
 from needles_tf.serving.images import ImageError, fit_channels, read_image
 
 THRESHOLD = 0.5  # label 1 when the needle probability is above it (as in the metrics)
+AUTO_TILE_PIXELS = 4096 * 4096  # larger images are streamed by default ...
+AUTO_TILE = 1024  # ... in tiles of this size
+PROGRESS_TILES = 16  # a progress bar from this many tiles on
 
 
 class PredictError(ValueError):
@@ -33,6 +38,7 @@ class ServingModel:
     loaded: Any  # the tf.saved_model.load object; owns the variables the signature reads
     channels: int
     min_size: int
+    k3: tuple[int, ...] | None = None  # the tile geometry's, where the export streams
 
     @property
     def signature(self) -> Callable[..., dict[str, tf.Tensor]]:
@@ -57,25 +63,73 @@ def load_serving_model(path: str) -> ServingModel:
         raise PredictError(f"{path}: {SIGNATURE!r} does not take {INPUT!r} [N, H, W, C] images")
     collection = getattr(loaded, MIN_SIZE_COLLECTION, None)
     min_size = int(collection[0].numpy()) if collection else 1
-    return ServingModel(path, loaded, int(spec.shape[-1]), min_size)
+    k3 = getattr(loaded, K3_COLLECTION, None)
+    return ServingModel(path, loaded, int(spec.shape[-1]), min_size,
+                        tuple(int(n) for n in k3[0].numpy()) if k3 else None)
 
 
-def predict_image(model: ServingModel, image: np.ndarray) -> tuple[float, np.ndarray]:
+def predict_image(model: ServingModel, image: np.ndarray,
+                  tile_size: int | None = None) -> tuple[float, np.ndarray]:
     """(needle probability, evidence map [h, w] = class-1 minus class-0 evidence) of one image.
 
     `image` is float32 [H, W, model.channels] in [0, 1] and at least `model.min_size` pixels high
-    and wide (ValueError otherwise).
+    and wide (ValueError otherwise). tile_size: stream the image in tiles of that many pixels
+    (the same results, a tile's memory); 0: whole; None: streamed in AUTO_TILE tiles above
+    AUTO_TILE_PIXELS pixels, where the model allows it.
     """
     height, width = image.shape[:2]
     if min(height, width) < model.min_size:
         raise ValueError(f"image is {height} x {width} pixels; the model needs at least "
                          f"{model.min_size} x {model.min_size}")
-    outputs = model.signature(**{INPUT: tf.constant(image[None], tf.float32)})
-    evidence = outputs["evidence_map"][0].numpy()
-    return float(outputs["probability"][0]), evidence[..., 1] - evidence[..., 0]
+    if tile_size is None and height * width > AUTO_TILE_PIXELS and model.k3 is not None:
+        tile_size = AUTO_TILE
+    if tile_size:
+        probability, evidence = predict_streamed(model, image, tile_size)
+    else:
+        outputs = model.signature(**{INPUT: tf.constant(image[None], tf.float32)})
+        probability, evidence = outputs["probability"][0], outputs["evidence_map"][0].numpy()
+    return float(probability), evidence[..., 1] - evidence[..., 0]
 
 
-def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None) -> dict[str, Any]:
+def predict_streamed(model: ServingModel, image: np.ndarray,
+                     tile_size: int) -> tuple[float, np.ndarray]:
+    """(probability, evidence map [h, w, 2]) of one image through the export's tile endpoints
+    (serving/export.py), the tiles cut by models/tiles.py; a progress bar on many tiles.
+
+    Raises:
+      ValueError: a model exported without them (instance norm, or an older export), or a
+        tile below the receptive field.
+    """
+    if model.k3 is None:
+        raise ValueError(f"{model.path} cannot stream tiles (a model with instance "
+                         "normalisation, or exported before tiles existed); use --tile_size=0")
+    signatures = model.loaded.signatures
+    tiles = TileGeometry(model.k3).tiles(image.shape[0], image.shape[1], tile_size)
+    state, evidence = None, None
+    for tile in tqdm(tiles, desc="tiles", unit="tile", disable=len(tiles) < PROGRESS_TILES,
+                     leave=False):
+        out = signatures["tile"](**{
+            INPUT: tf.constant(image[None, tile.rows.start:tile.rows.stop,
+                                     tile.cols.start:tile.cols.stop], tf.float32),
+            "valid": tf.constant([*tile.rows.valid, *tile.cols.valid], tf.int32)})
+        parts = [out[f"state_{i}"] for i in range(len(out) - 1)]
+        if state is not None:  # signatures take keywords only
+            merged = signatures["merge"](**{f"a_{i}": a for i, a in enumerate(state)},
+                                         **{f"b_{i}": b for i, b in enumerate(parts)})
+            parts = [merged[f"state_{i}"] for i in range(len(parts))]
+        state = parts
+        local = out["evidence_map"][0].numpy()
+        if evidence is None:
+            evidence = np.zeros((tiles[-1].rows.last, tiles[-1].cols.last, local.shape[-1]),
+                                np.float32)
+        evidence[tile.rows.first:tile.rows.last, tile.cols.first:tile.cols.last] = local
+    final = signatures["finish"](**{f"state_{i}": part for i, part in enumerate(state)})
+    return float(final["probability"][0]), evidence
+
+
+def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None,
+                 tile_size: int | None = None,
+                 max_pixels: int | None = None) -> dict[str, Any]:
     """{file, probability, label, height, width[, heatmap]} for one image file.
 
     With `heatmap_path`, also writes the evidence heatmap PNG there and the raw evidence map
@@ -83,8 +137,8 @@ def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None
     Raises PredictError naming the file when it cannot be read or does not fit the model.
     """
     try:
-        image = fit_channels(read_image(path), model.channels, path)
-        probability, evidence = predict_image(model, image)
+        image = fit_channels(read_image(path, max_pixels), model.channels, path)
+        probability, evidence = predict_image(model, image, tile_size)
     except ImageError as e:
         raise PredictError(str(e)) from e
     except ValueError as e:
@@ -112,8 +166,11 @@ def _heatmap_names(paths: Iterable[str]) -> Iterator[str]:
 
 def predict_files(model: ServingModel, paths: Iterable[str], heatmap_dir: str | None = None,
                   strict: bool = False,
-                  on_error: Callable[[str, str], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Yields `predict_file` records in order, as each file is done.
+                  on_error: Callable[[str, str], None] | None = None,
+                  tile_size: int | None = None,
+                  max_pixels: int | None = None) -> Iterator[dict[str, Any]]:
+    """Yields `predict_file` records in order, as each file is done (tile_size, max_pixels:
+    `predict_file`'s).
 
     A file that cannot be used raises PredictError with `strict`; otherwise it is reported
     (`on_error(path, message)`, default: a logged warning) and skipped.
@@ -125,7 +182,8 @@ def predict_files(model: ServingModel, paths: Iterable[str], heatmap_dir: str | 
     names = _heatmap_names(paths) if heatmap_dir else (None for _ in paths)
     for path, name in zip(paths, names):
         try:
-            yield predict_file(model, path, name and os.path.join(heatmap_dir, name))
+            yield predict_file(model, path, name and os.path.join(heatmap_dir, name),
+                               tile_size, max_pixels)
         except PredictError as e:
             if strict:
                 raise
