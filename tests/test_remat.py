@@ -115,3 +115,7 @@ def test_auto_micro_batch_divides_the_batch_and_refuses_what_cannot_fit():
         pick(budget(1, remat))  # fits with rematerialisation only
     with pytest.raises(ValueError, match=r"usable here; try a smaller --width_scale, or smaller"):
         pick(int(fixed), "block")
+    # streamed in 64-pixel tiles, a step holds a tile's activations per image (and the images)
+    streamed = memory.auto_micro_batch(model, 256, 256, 32, "none", "adam",
+                                       budget_bytes=budget(5.5), tile_size=64)
+    assert streamed == 32

@@ -89,5 +89,6 @@ def _resolve_micro_batch(config: TrainConfig, overwrite: bool, replicas: int) ->
     model = build_model(config, info["channels"])
     micro = auto_micro_batch(model, info["height"], info["width"], share,
                              config.remat, config.optimizer,
-                             bytes_per_value=2 if config.precision.startswith("mixed") else 4)
+                             bytes_per_value=2 if config.precision.startswith("mixed") else 4,
+                             tile_size=config.tile_size)
     return dataclasses.replace(config, micro_batch_size=micro)

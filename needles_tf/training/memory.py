@@ -4,7 +4,8 @@ The memory of a training step is estimated, not tried: the model's activations p
 (models/remat.py's `kept_activations`), scaled by what TensorFlow's runtime was measured to
 keep of them (benches/bench_memory.py, README), plus the weights, their gradients and the
 optimizer's slots, plus the runtime itself. A share of the device is left free for what the
-estimate misses.
+estimate misses. A tile-streamed step (--tile_size) holds one tile's activations per image at
+a time: the estimate takes the tile's size, and the images themselves.
 """
 
 from __future__ import annotations
@@ -61,13 +62,17 @@ def step_bytes(model: keras.Model, height: int, width: int, remat: str, optimize
 
 def auto_micro_batch(model: keras.Model, height: int, width: int, batch_size: int, remat: str,
                      optimizer: str, bytes_per_value: int = 4,
-                     budget_bytes: int | None = None) -> int:
-    """The largest divisor of `batch_size` whose step fits in the device's memory.
+                     budget_bytes: int | None = None, tile_size: int | None = None) -> int:
+    """The largest divisor of `batch_size` whose step fits in the device's memory
+    (streamed in tiles of `tile_size` pixels: a tile's memory per image).
 
     Raises:
       ValueError: not even one image fits; the message names the flags that would help.
     """
     budget = USABLE_SHARE * (device_memory_bytes() if budget_bytes is None else budget_bytes)
+    if tile_size:  # a tile's activations, the images held whole as float32 (the batch's input)
+        budget -= batch_size * height * width * model.input_shape[-1] * 4
+        height, width = min(height, tile_size), min(width, tile_size)
 
     def fitting(mode: str) -> int:
         fixed, per_image = step_bytes(model, height, width, mode, optimizer,
@@ -79,9 +84,11 @@ def auto_micro_batch(model: keras.Model, height: int, width: int, batch_size: in
     if micro:
         return micro
     fixed, per_image = step_bytes(model, height, width, remat, optimizer, True, bytes_per_value)
-    hints = ["--remat=block"] if remat != "block" and fitting("block") else []
+    hints = ["--remat=block"] if remat != "block" and not tile_size and fitting("block") else []
     hints += ["a smaller --width_scale", "smaller images (crops)"]
+    hints += ["a smaller --tile_size"] if tile_size else ["--tile_size (tile streaming)"]
     raise ValueError(
-        f"micro_batch_size=auto: one {height} x {width} image needs about "
+        f"micro_batch_size=auto: one {height} x {width} {'tile' if tile_size else 'image'} "
+        "needs about "
         f"{(fixed + per_image) / 2**30:.1f} GiB in a training step of this setting, more than "
         f"the {budget / 2**30:.1f} GiB usable here; try {', or '.join(hints)}")
