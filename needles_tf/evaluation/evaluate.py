@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -15,26 +15,38 @@ from needles_tf.models.streaming import StreamedClassifier
 from needles_tf.serving.streamed import streamed_logits
 
 
-def predict_probabilities(model: keras.Model, dataset: tf.data.Dataset,
-                          tile_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches.
+def logits_function(model: keras.Model, images: tf.TensorSpec,
+                    tile_size: int | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
+    """images -> logits of `model` for batches like `images`, whole or streamed in tiles of
+    `tile_size` pixels (serving/streamed.py: the same logits with the memory of a tile).
 
-    tile_size: stream each image in tiles of this many pixels (serving/streamed.py): the same
-    probabilities with the memory of a tile; None: whole images.
+    Built once and kept by whoever evaluates repeatedly (validation after every epoch): each
+    new function is traced anew.
     """
     check_binary(model)
     if tile_size:
         streamed = StreamedClassifier(model, tile_size)
-        forward = tf.function(lambda images: streamed_logits(streamed, images),
-                              input_signature=[dataset.element_spec[0]])
-    elif model.distribute_strategy.num_replicas_in_sync > 1:
+        return tf.function(lambda batch: streamed_logits(streamed, batch),
+                           input_signature=[images])
+    if model.distribute_strategy.num_replicas_in_sync > 1:
         # One traced forward pass, outside the strategy's replicas: Keras' predict under
         # several replicas gathers its outputs across workers, so one worker evaluating alone
         # (the chief, validating) would wait for the others for ever.
-        forward = tf.function(lambda images: model(images, training=False),
-                              input_signature=[dataset.element_spec[0]])
-    else:
-        forward = model.predict_on_batch  # reuses the model's compiled step
+        return tf.function(lambda batch: model(batch, training=False), input_signature=[images])
+    return model.predict_on_batch  # reuses the model's compiled step
+
+
+def predict_probabilities(model: keras.Model, dataset: tf.data.Dataset,
+                          tile_size: int | None = None,
+                          forward: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], needle probabilities float64 [N]) over (images, labels) batches.
+
+    tile_size: stream each image in tiles of this many pixels; forward: a `logits_function`
+    of the model built before (else one is built here).
+    """
+    check_binary(model)
+    forward = forward or logits_function(model, dataset.element_spec[0], tile_size)
     labels, probs = [], []
     for images, batch_labels in dataset:
         logits = forward(images)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from needles_tf import atomic, run_dir
-from needles_tf.evaluation.evaluate import predict_probabilities
+from needles_tf.evaluation.evaluate import logits_function, predict_probabilities
 from needles_tf.evaluation.metrics import classification_metrics
 
 
@@ -93,11 +93,16 @@ class ValidationMetrics(ClassifierCallback):
         super().__init__(classifier)
         self.dataset = dataset
         self.tile_size = tile_size
+        self._forward = None  # traced once, at the first validation
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite_loss(logs):
             return
-        labels, probabilities = predict_probabilities(self.model, self.dataset, self.tile_size)
+        if self._forward is None:
+            self._forward = logits_function(self.model, self.dataset.element_spec[0],
+                                            self.tile_size)
+        labels, probabilities = predict_probabilities(self.model, self.dataset,
+                                                      forward=self._forward)
         p_true = np.where(labels == 1, probabilities, 1.0 - probabilities)
         metrics = classification_metrics(labels, probabilities)
         logs["val_loss"] = float(-np.mean(np.log(np.clip(p_true, 1e-7, 1.0))))
