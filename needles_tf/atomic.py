@@ -35,14 +35,15 @@ def remove_stale_temporaries(directory: str) -> list[str]:
     removed = []
     for path in glob.glob(os.path.join(glob.escape(directory), "*.tmp-*")):
         found = _TMP_RE.search(path)
-        if found and not _alive(int(found.group(1))):
+        if found and not process_alive(int(found.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
                 removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

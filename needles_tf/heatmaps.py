@@ -34,18 +34,20 @@ def place_evidence(evidence: np.ndarray, height: int, width: int) -> np.ndarray:
                                    mode="nearest")
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, signed: bool) -> np.ndarray:
+def overlay(image: np.ndarray, heat: np.ndarray, signed: bool,
+            limit: float | None = None) -> np.ndarray:
     """uint8 RGB [H, W, 3]: `image` ([H, W, 1 or 3] in [0, 1]) under `heat` [H, W] in colour.
 
-    The heat is scaled by its largest magnitude; the colour's opacity grows with the magnitude,
-    so pixels without heat show the image unchanged. `signed`: a diverging map around 0
-    (evidence), else a sequential one from 0 (saliency).
+    The heat is scaled by `limit` (default: its largest magnitude; beyond it the colour is
+    full); the colour's opacity grows with the magnitude, so pixels without heat show the
+    image unchanged. `signed`: a diverging map around 0 (evidence), else a sequential one from
+    0 (saliency).
     """
     height, width = image.shape[:2]
     heat = np.asarray(heat, np.float32)
     if heat.shape != (height, width):
         raise ValueError(f"heat map {heat.shape} does not match the image's {(height, width)}")
-    normalised = heat / (float(np.abs(heat).max()) or 1.0)
+    normalised = np.clip(heat / (limit or float(np.abs(heat).max()) or 1.0), -1, 1)
     if signed:
         colour = matplotlib.colormaps[SIGNED_COLORMAP]((normalised + 1) / 2)[..., :3]
     else:

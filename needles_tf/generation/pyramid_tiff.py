@@ -55,7 +55,7 @@ def level_count(height: int, width: int, tile_size: int) -> int:
 
 def write_pyramidal_tiff(path: str, image: np.ndarray, *, levels: int | None = None,
                          tile_size: int = 256, mpp: float | None = None,
-                         compression_level: int = 1) -> None:
+                         compression_level: int = 1, scratch: str | None = None) -> None:
     """Writes `image` (uint8 [H, W, 3], in memory or memory-mapped) as a pyramidal TIFF,
     atomically.
 
@@ -64,6 +64,8 @@ def write_pyramidal_tiff(path: str, image: np.ndarray, *, levels: int | None = N
       tile_size: tile height = width (a multiple of 16).
       mpp: microns per pixel of `image`; level k gets mpp * 2**k (None: no resolution tags).
       compression_level: zlib level (1: fast).
+      scratch: folder for the reduced levels' temporary files (default: a temporary folder
+        beside `path`).
     """
     import tifffile
 
@@ -75,15 +77,15 @@ def write_pyramidal_tiff(path: str, image: np.ndarray, *, levels: int | None = N
     levels = levels or level_count(height, width, tile_size)
     if min(height, width) >> (levels - 1) < 1:
         raise ValueError(f"{height} x {width} pixels are too few for {levels} levels")
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".pyramid-") as scratch, \
+    folder = scratch or os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".pyramid-") as levels_dir, \
             atomic.atomic_path(path) as tmp, \
             tifffile.TiffWriter(tmp, bigtiff=height * width * 4 > 2 ** 32) as tiff:
         level = image
         for k in range(levels):
             if k:
                 reduced = np.lib.format.open_memmap(
-                    os.path.join(scratch, f"level{k}.npy"), mode="w+", dtype=np.uint8,
+                    os.path.join(levels_dir, f"level{k}.npy"), mode="w+", dtype=np.uint8,
                     shape=(level.shape[0] // 2, level.shape[1] // 2, 3))
                 halve(level, reduced, STRIP_TILES * tile_size)
                 level = reduced
