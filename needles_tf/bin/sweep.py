@@ -20,7 +20,8 @@ from needles_tf.bin import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", None, "Experiment definition: a .toml file, or the name of "
-                    "one in flags/experiments/ (e.g. o2i, mini).")
+                    "one in flags/experiments/ (e.g. o2i, mini); or a directory of them (e.g. "
+                    "findings): the union of their runs.")
 flags.DEFINE_string("root", None, "The study's directory: data/, runs/, sweep/ (logs).")
 flags.DEFINE_enum("executor", "local", ["local", "slurm"], "local: a pool on this machine; "
                   "slurm: a job array on a SLURM cluster, through submitit.")
@@ -56,10 +57,12 @@ EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 
 
 def definition_path(name: str) -> str:
-    """--experiment: a file, or a definition's name in flags/experiments/."""
-    if os.path.isfile(name) or name.endswith(".toml"):
+    """--experiment: a file or directory, or the name of a definition (or of a directory of
+    them) in flags/experiments/."""
+    if os.path.exists(name) or name.endswith(".toml"):
         return name
-    return os.path.normpath(os.path.join(EXPERIMENTS_DIR, name + ".toml"))
+    directory = os.path.normpath(os.path.join(EXPERIMENTS_DIR, name))
+    return directory if os.path.isdir(directory) else directory + ".toml"
 
 
 def main(argv):

@@ -25,7 +25,8 @@ from needles_tf.training.schedule import REFERENCE_SIZE, scale_epochs
 
 EVAL_COST = 1 / 3  # an evaluated image costs about a third of a trained one (no backward pass)
 _DEFAULTS = {"epochs": 200, "lr_milestones": "80,120,160", "reference_size": REFERENCE_SIZE,
-             "width_scale": 1.0, "receptive_field": 33, "blocks": "3,4,6,3", "stop_after_fit": 0}
+             "width_scale": 1.0, "receptive_field": 33, "blocks": "3,4,6,3", "stop_after_fit": 0,
+             "class_balance": 0.5}
 
 
 def run_flags(plan: Plan, run: Run) -> dict[str, Any]:
@@ -52,14 +53,20 @@ def split_sizes(plan: Plan, run: Run) -> tuple[dict[str, int], tuple[int, int]] 
     if plan.dataset_ready(run.dataset):
         meta = metadata.read_metadata(plan.data_dir(run.dataset))
         sizes = {split: info["count"] for split, info in meta["splits"].items()}
+        positives = meta["splits"]["train"].get("positives", sizes["train"] // 2)
         image = (meta["image"]["height"], meta["image"]["width"])
     else:
         counted = _nmnist_sizes(plan, plan.experiment.datasets[run.dataset])
         if counted is None:
             return None
-        sizes, image = counted
-    if flags.get("train_size"):
-        sizes["train"] = min(int(flags["train_size"]), sizes["train"])
+        (sizes, image), positives = counted, counted[0]["train"] // 2  # half are positive
+    balance = float(flags.get("class_balance", 0.5))
+    if flags.get("train_size") or balance != positives / max(sizes["train"], 1):
+        from needles_tf.input.order import selection_counts  # TensorFlow: only when needed
+
+        size = min(int(flags["train_size"]), sizes["train"]) if flags.get("train_size") else None
+        sizes["train"] = sum(selection_counts(positives, sizes["train"] - positives, size,
+                                              balance))
     return sizes, image
 
 

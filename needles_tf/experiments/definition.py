@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import itertools
 import os
-from typing import Any
+from typing import Any, Sequence
 
 try:
     import tomllib
@@ -44,7 +45,7 @@ TRAIN_FLAGS = frozenset({
     "lr_milestones", "micro_batch_size", "model_dir", "noise", "normalization", "optimizer",
     "overwrite", "pooling", "precision", "receptive_field", "reference_size", "remat",
     "score_detection", "seed",
-    "stop_after_fit", "strategy", "train_size", "verbose", "width_scale"})
+    "stop_after_fit", "strategy", "tile_size", "train_size", "verbose", "width_scale"})
 _SPECIAL = ("dataset", "noise")
 
 
@@ -84,6 +85,7 @@ class Experiment:
     train_flagfile: str | None
     train: tuple[tuple[str, Any], ...]
     grids: tuple[dict[str, list], ...]
+    verdict: dict[str, Any] = dataclasses.field(default_factory=dict)  # experiments/verdicts.py
 
 
 def load_experiment(path: str) -> Experiment:
@@ -94,7 +96,8 @@ def load_experiment(path: str) -> Experiment:
     """
     table = _read_toml(path)
     here = os.path.dirname(os.path.abspath(path))
-    known = {"description", "figures", "seeds", "datasets_file", "datasets", "train", "grid"}
+    known = {"description", "figures", "seeds", "datasets_file", "datasets", "train", "grid",
+             "verdict"}
     if unknown := sorted(set(table) - known):
         raise DefinitionError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
     datasets_table = {}
@@ -130,7 +133,57 @@ def load_experiment(path: str) -> Experiment:
         description=table.get("description", ""),
         figures=tuple(str(f) for f in table.get("figures", [])), seeds=tuple(seeds),
         datasets=datasets, train_flagfile=flagfile and os.path.join(here, flagfile),
-        train=tuple(sorted(train.items())), grids=grids)
+        train=tuple(sorted(train.items())), grids=grids, verdict=dict(table.get("verdict", {})))
+
+
+def load_members(path: str) -> list[Experiment]:
+    """The definitions of a study directory: its *.toml files that have a grid (a datasets
+    file has none); or the one definition `path` names.
+
+    Raises:
+        DefinitionError: a definition that cannot be used, or a directory without one.
+    """
+    if not os.path.isdir(path):
+        return [load_experiment(path)]
+    members = [load_experiment(p) for p in sorted(glob.glob(os.path.join(path, "*.toml")))
+               if "grid" in _read_toml(p)]
+    if not members:
+        raise DefinitionError(f"{path}: no experiment definition (a .toml file with a grid) here")
+    return members
+
+
+def load_study(path: str, seeds: Sequence[int] | None = None) -> tuple[Experiment, list[Run]]:
+    """A definition, or a directory of them (a study: the union of their runs, each run that
+    several share trained once); returns (the experiment the runs share, the runs). `seeds`
+    replace every definition's own.
+
+    The definitions of a study must agree on the needles-train flags (flagfile and [train]) and
+    on any dataset two of them name, so that a run they share is one command.
+
+    Raises:
+        DefinitionError: a definition that cannot be used, or two that disagree.
+    """
+    members = [dataclasses.replace(m, seeds=tuple(seeds)) if seeds else m
+               for m in load_members(path)]
+    first, datasets, runs = members[0], {}, {}
+    for member in members:
+        if (member.train_flagfile, member.train) != (first.train_flagfile, first.train):
+            raise DefinitionError(f"{member.path}: its needles-train flags (flagfile, [train]) "
+                                  f"differ from {first.path}'s; a study's definitions share them")
+        for name, spec in member.datasets.items():
+            if datasets.setdefault(name, spec) != spec:
+                raise DefinitionError(f"{member.path}: dataset {name!r} differs from the one "
+                                      "another definition of the study gives that name")
+        runs.update((run.name, run) for run in expand(member))
+    if len(members) == 1:
+        return first, list(runs.values())
+    study = dataclasses.replace(
+        first, name=os.path.basename(os.path.normpath(path)), path=os.path.abspath(path),
+        description="the union of " + ", ".join(m.name for m in members),
+        figures=tuple(dict.fromkeys(f for m in members for f in m.figures)),
+        seeds=tuple(sorted({s for m in members for s in m.seeds})), datasets=datasets,
+        grids=tuple(g for m in members for g in m.grids), verdict={})
+    return study, list(runs.values())
 
 
 def _check_flags(path: str, where: str, flags: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from needles_tf import dir_lock
 from needles_tf.experiments import cost, runner
-from needles_tf.experiments.definition import Run, expand, load_experiment
+from needles_tf.experiments.definition import Run, load_study
 from needles_tf.experiments.local import run_local, visible_gpus
 from needles_tf.experiments.plan import DONE, Plan, error_line
 from needles_tf.experiments.progress import Progress
@@ -52,11 +52,10 @@ def holding_root(plan: Plan) -> Iterator[None]:
 
 def prepare(definition: str, root: str, data_flags: dict[str, dict[str, Any]] | None = None,
             seeds: Sequence[int] | None = None) -> tuple[Plan, list[Run]]:
-    """The plan and runs of a definition (with `seeds` instead of its own when given)."""
-    experiment = load_experiment(definition)
-    if seeds:
-        experiment = dataclasses.replace(experiment, seeds=tuple(seeds))
-    return Plan(experiment, root, data_flags), expand(experiment)
+    """The plan and runs of a definition, or of a directory of them (their union), with
+    `seeds` instead of their own when given."""
+    experiment, runs = load_study(definition, seeds)
+    return Plan(experiment, root, data_flags), runs
 
 
 def dry_run_text(plan: Plan, runs: list[Run], images_per_second: float | None = None) -> str:
