@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from needles_tf import atomic
 from needles_tf.experiments import figures, plots
-from needles_tf.experiments.results import FIT_ACCURACY, TRAINED_ACCURACY, aggregate, collect
+from needles_tf.experiments.definition import Experiment
+from needles_tf.experiments.findings import write_findings
+from needles_tf.experiments.results import (
+    FIT_ACCURACY,
+    TRAINED_ACCURACY,
+    aggregate,
+    collect,
+    markdown_table,
+)
 
 RULES = f"""\
 How to read the figures (the paper's rules):
@@ -31,15 +39,18 @@ How to read the figures (the paper's rules):
 
 
 def write_report(root: str, output_dir: str | None = None,
-                 say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Writes the report of the finished runs under `root` into `output_dir` (default
-    <root>/report); returns {"runs": count, "figures": {name: paths}, "report": path}.
+                 say: Callable[[str], None] = print, results: pd.DataFrame | None = None,
+                 claims: Sequence[Experiment] = ()) -> dict[str, Any]:
+    """Writes the report of the finished runs under `root` (or of the `results` table, e.g.
+    a committed results.csv) into `output_dir` (default <root>/report); with `claims`
+    (definitions with a [verdict] table) also findings.md. Returns {"runs": count, "figures":
+    {name: paths}, "report": path, "verdicts": [...]}.
 
     Raises:
         ValueError: no finished run under `root`.
     """
     output_dir = output_dir or os.path.join(root, "report")
-    results = collect(root)
+    results = collect(root) if results is None else results
     if results.empty:
         raise ValueError(f"{root}: no finished run (no summary.json with status 'finished') "
                          "here; run needles-sweep first")
@@ -56,7 +67,11 @@ def write_report(root: str, output_dir: str | None = None,
         + (", ".join(drawn) or "none (the runs vary too little)"))
     path = os.path.join(output_dir, "report.md")
     atomic.write_text(path, _markdown(root, results, table, drawn))
-    return {"runs": len(results), "figures": drawn, "report": path}
+    verdicts = write_findings(os.path.join(output_dir, "findings.md"), results, list(claims),
+                              drawn, root) if claims else []
+    for verdict in verdicts:
+        say(f"{verdict.claim}: {verdict.outcome}")
+    return {"runs": len(results), "figures": drawn, "report": path, "verdicts": verdicts}
 
 
 def _write_csv(frame: pd.DataFrame, path: str) -> None:
@@ -96,12 +111,3 @@ def _summary_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table (pandas' to_markdown needs the `tabulate` package)."""
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(str(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])

@@ -160,3 +160,12 @@ def minimum_train_size(rows: pd.DataFrame, threshold: float) -> dict[str, float]
         reached = means[means["val_accuracy"] >= threshold]
         out[label] = float(reached["train_size"].min()) if len(reached) else float("nan")
     return out
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pipe table (pandas' to_markdown needs the `tabulate` package)."""
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])

@@ -1,0 +1,95 @@
+"""Cells of a study for its verdicts: a configuration at one O2I ratio, summarised over seeds,
+and the conventions every verdict rule shares (experiments/verdicts.py).
+
+- rows: the runs of one kind (nMNIST, or noise for memorisation), every setting a claim does
+  not vary held at one value as the figures hold it (results.hold_fixed: the paper's value
+  where present, else the most common);
+- a cell: the mean and standard deviation of a metric over its seeds (sd 0 for one seed);
+- a difference counts only beyond the seeds' spread: a exceeds b when
+  mean_a - mean_b > sd_a + sd_b (their mean +- sd intervals do not overlap); a difference of
+  two differences must exceed the four spreads added;
+- informative O2I: where some cell's mean test accuracy reaches `informative` (default 0.6);
+  below, every setting is near chance and there is nothing to compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from needles_tf.experiments.results import SETTINGS, hold_fixed
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+Check = tuple[str, bool]  # what was checked (with its numbers), whether it holds
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A metric over the seeds of one configuration: mean, standard deviation, seeds, and how
+    many of them fit their training set."""
+
+    mean: float
+    sd: float
+    n: int
+    fitted: int = 0
+
+    def exceeds(self, other: Cell) -> bool:
+        """Whether this cell's mean is above the other's by more than their spreads."""
+        return self.mean - other.mean > self.sd + other.sd
+
+    def text(self) -> str:
+        return f"{self.mean:.3f} ± {self.sd:.3f}"
+
+
+def held_rows(results: pd.DataFrame, varied: tuple[str, ...], kind: str = "nmnist"
+              ) -> pd.DataFrame:
+    """The runs of `kind` that a claim about the `varied` settings reads."""
+    return hold_fixed(results[results["kind"] == kind], varied)
+
+
+def cells(rows: pd.DataFrame, keys: list[str], metric: str) -> dict[tuple, Cell]:
+    """(values of `keys`) -> Cell of `metric` over each group's runs (its seeds)."""
+    out = {}
+    for values, group in rows.dropna(subset=[metric]).groupby(keys, sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        series = group[metric].astype(float)
+        out[values] = Cell(float(series.mean()),
+                           float(series.std()) if len(series) > 1 else 0.0, len(series),
+                           int(group["fits"].astype(bool).sum()))
+    return out
+
+
+def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame:
+    """The cells as a table for findings.md: keys, metric (mean ± sd), seeds, seeds that fit."""
+    return pd.DataFrame([{**dict(zip(keys, k)), metric: c.text(), "seeds": c.n,
+                          "fit": f"{c.fitted}/{c.n}"} for k, c in table.items()],
+                        columns=[*keys, metric, "seeds", "fit"])
+
+
+def enough_seeds(table: dict[tuple, Cell], p: dict) -> bool:
+    """Whether every cell has the rule's `min_seeds` (default 3)."""
+    return bool(table) and min(c.n for c in table.values()) >= p.get("min_seeds", 3)
+
+
+def informative_o2i(rows: pd.DataFrame, p: dict) -> list[float]:
+    """O2I ratios (largest first) where some configuration's mean test accuracy reaches the
+    rule's `informative` level (default 0.6)."""
+    keys = ["o2i", *SETTINGS]
+    means = rows.astype({k: str for k in SETTINGS}).groupby(keys, dropna=False)[
+        "test_accuracy"].mean()
+    best = means.groupby(level="o2i").max()
+    return sorted((float(o) for o, m in best.items() if m >= p.get("informative", 0.6)),
+                  reverse=True)
+
+
+def listed(o2is: list[float]) -> str:
+    return ", ".join(f"{o:.3g} %" for o in o2is) or "none"
+
+
+def decide(checks: list[Check], contradicted: bool) -> str:
+    """Not reproduced where a part is contradicted; reproduced where every check holds;
+    inconclusive otherwise."""
+    if contradicted:
+        return NOT_REPRODUCED
+    return REPRODUCED if checks and all(ok for _, ok in checks) else INCONCLUSIVE

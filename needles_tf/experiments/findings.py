@@ -1,0 +1,92 @@
+"""findings.md: the verdict on each claim of a study's definitions, with the numbers behind it.
+
+For each definition with a [verdict] table (experiments/verdicts.py): the claim, the paper's
+figure, our setting (the definition's description), the verdict, the checks with their numbers
+and the cells (mean ± standard deviation over seeds, seeds that fit), and the report's figure;
+then, per cell of the study, how many seeds fit and how the runs stopped (best epoch against
+the cap); then the paper's nCAMELYON claims, which need CAMELYON slides, with the definitions
+that would measure them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from needles_tf import atomic
+from needles_tf.experiments.definition import Experiment
+from needles_tf.experiments.results import SETTINGS, markdown_table
+from needles_tf.experiments.verdicts import Verdict, judge
+
+NOT_MEASURED = [
+    ("nCAMELYON: accuracy is reasonable above O2I 1 % and falls to chance below", "4",
+     "o2i"),
+    ("nCAMELYON: the smallest receptive field (9) performs best", "7b", "receptive_field"),
+    ("nCAMELYON: mean and attention pooling are best at the smallest O2I", "8b", "pooling"),
+    ("nCAMELYON: capacity helps less than on nMNIST", "5c", "capacity"),
+]
+
+
+def judge_all(results: pd.DataFrame, members: list[Experiment]) -> list[tuple[Experiment,
+                                                                             Verdict]]:
+    """The verdict of every definition that states one, in claim order."""
+    judged = [(m, judge(results, m.verdict)) for m in members if m.verdict]
+    return sorted(judged, key=lambda mv: mv[1].claim)
+
+
+def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
+                   figures: dict[str, tuple[str, ...]], source: str) -> list[Verdict]:
+    """Writes findings.md at `path` for the runs in `results` (read from `source`); `figures`:
+    the report's drawn figures by name (fig4 -> paths). Returns the verdicts."""
+    judged = judge_all(results, members)
+    lines = [f"# Findings: {len(results)} runs from {source}", "",
+             "Each claim's rule was fixed in its definition before the runs "
+             "(flags/experiments/findings/ for the miniature study); `needles-report "
+             "--claims=DIR` computes the verdicts from results.csv alone. A difference counts "
+             "only beyond the seeds' spread (mean ± standard deviation intervals that do not "
+             "overlap).", "", "| claim | paper | figure | verdict |", "|---|---|---|---|"]
+    for member, verdict in judged:
+        lines.append(f"| {verdict.claim} | {member.verdict.get('paper', '')} | "
+                     f"{member.verdict.get('figure', '')} | **{verdict.outcome}** |")
+    for member, verdict in judged:
+        figure = str(member.verdict.get("figure", ""))
+        lines += ["", f"## {verdict.claim}: {member.verdict.get('paper', '')}", "",
+                  f"- Paper: Fig. {figure}" if figure else "- Paper: see the claim",
+                  f"- Our setting: {member.description} (`{os.path.basename(member.path)}`)",
+                  f"- Rule: `{member.verdict.get('rule')}` "
+                  + ", ".join(f"{k} = {v}" for k, v in member.verdict.items()
+                              if k not in ("claim", "paper", "figure", "rule")),
+                  f"- Verdict: **{verdict.outcome}**", ""]
+        lines += [f"  - [{'x' if ok else ' '}] {text}" for text, ok in verdict.checks]
+        if not verdict.cells.empty:
+            lines += ["", markdown_table(verdict.cells)]
+        lines += [line for name in member.figures if name in figures
+                  for line in ("", f"![Fig. {name}](fig{name}.png)")]
+    lines += ["", "## Every cell: seeds that fit, how the runs stopped", "",
+              markdown_table(stop_table(results)), "", "## Not measured here", "",
+              "These claims need CAMELYON16/17 slides, which this machine does not have; the "
+              "definitions in flags/experiments/ measure them on a cluster "
+              "(`needles-sweep --experiment=NAME --slide_dir=... --annotation_dir=...`):", ""]
+    lines += [f"- {claim} (Fig. {fig}): `flags/experiments/{name}.toml`"
+              for claim, fig, name in NOT_MEASURED]
+    atomic.write_text(path, "\n".join(lines) + "\n")
+    return [verdict for _, verdict in judged]
+
+
+def stop_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: seeds, seeds that fit, runs stopped by the fit rule / at the cap,
+    mean best epoch and mean last epoch against the cap (epochs)."""
+    varying = [k for k in SETTINGS if k != "epochs" and results[k].astype(str).nunique() > 1]
+    keys = ["dataset", *varying]
+    table = results.astype({k: str for k in varying}).groupby(keys, dropna=False).agg(
+        seeds=("seed", "count"), fit=("fits", "sum"),
+        stopped_fit=("stop_reason", lambda s: int((s == "fit").sum())),
+        best_epoch=("best_epoch", "mean"), last_epoch=("stopped_epoch", "mean"),
+        cap=("epochs", "max")).reset_index()
+    table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["seeds"])]
+    table["stopped (fit / cap)"] = [f"{s} / {n - s}" for s, n in
+                                    zip(table["stopped_fit"], table["seeds"])]
+    table["best / last epoch (cap)"] = [f"{b:.1f} / {e:.1f} ({c})" for b, e, c in zip(
+        table["best_epoch"], table["last_epoch"], table["cap"])]
+    return table[[*keys, "seeds", "fit", "stopped (fit / cap)", "best / last epoch (cap)"]]
