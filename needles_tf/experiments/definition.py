@@ -177,13 +177,15 @@ def load_study(path: str, seeds: Sequence[int] | None = None) -> tuple[Experimen
         runs.update((run.name, run) for run in expand(member))
     if len(members) == 1:
         return first, list(runs.values())
+    # seed by seed: a study stopped part-way has the first seeds of every cell
+    ordered = sorted(runs.values(), key=lambda run: run.seed)
     study = dataclasses.replace(
         first, name=os.path.basename(os.path.normpath(path)), path=os.path.abspath(path),
         description="the union of " + ", ".join(m.name for m in members),
         figures=tuple(dict.fromkeys(f for m in members for f in m.figures)),
         seeds=tuple(sorted({s for m in members for s in m.seeds})), datasets=datasets,
         grids=tuple(g for m in members for g in m.grids), verdict={})
-    return study, list(runs.values())
+    return study, ordered
 
 
 def _check_flags(path: str, where: str, flags: dict[str, Any]) -> None:
