@@ -34,8 +34,10 @@ FLAGS_DIR = pathlib.Path(WORKTREE) / "flags"
 TRAINING_FLAGFILES = sorted(
     str(p.relative_to(FLAGS_DIR)) for p in FLAGS_DIR.rglob("*.cfg")
     if any(line.startswith("--epochs=") for line in p.read_text().splitlines()))
-# Flags that change how long the same computation runs, not what it computes.
-SCHEDULE_ONLY = {"epochs", "lr_milestones", "lr_decay", "learning_rate", "seed"}
+# Flags that change how long the same computation runs, not what it computes (the training
+# step's shapes and kernels): the findings' recipe shares the demo's canary run.
+SCHEDULE_ONLY = {"epochs", "lr_milestones", "lr_decay", "learning_rate", "seed", "stop_after_fit",
+                 "reference_size", "class_balance", "log_images", "score_detection"}
 
 
 def shipped_settings(flagfile: str) -> dict[str, str]:
