@@ -62,8 +62,11 @@ def cells(rows: pd.DataFrame, keys: list[str], metric: str) -> dict[tuple, Cell]
 
 def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame:
     """The cells as a table for findings.md: keys, metric (mean ± sd), seeds, seeds that fit."""
-    return pd.DataFrame([{**dict(zip(keys, k)), metric: c.text(), "seeds": c.n,
-                          "fit": f"{c.fitted}/{c.n}"} for k, c in table.items()],
+    def shown(key, value):
+        return f"{value:.3g} %" if key == "o2i" else value
+
+    return pd.DataFrame([{**{key: shown(key, v) for key, v in zip(keys, k)}, metric: c.text(),
+                          "seeds": c.n, "fit": f"{c.fitted}/{c.n}"} for k, c in table.items()],
                         columns=[*keys, metric, "seeds", "fit"])
 
 
