@@ -91,19 +91,26 @@ class SlideSettings:
 
 
 def _read_ahead(read: Callable[[Tile], np.ndarray], tiles: Iterable[Tile], readers: int,
-                depth: int) -> Iterator[tuple[Tile, np.ndarray]]:
-    """(tile, pixels) in order, read by `readers` threads at most `depth` tiles ahead."""
+                depth: int, waited: list[float]) -> Iterator[tuple[Tile, np.ndarray]]:
+    """(tile, pixels) in order, read by `readers` threads at most `depth` tiles ahead;
+    `waited` gets the seconds the consumer waited for each tile (0: reading kept ahead)."""
+
+    def take(pending: collections.deque) -> tuple[Tile, np.ndarray]:
+        tile, future = pending.popleft()
+        start = time.perf_counter()
+        pixels = future.result()
+        waited.append(time.perf_counter() - start)
+        return tile, pixels
+
     with ThreadPoolExecutor(readers, thread_name_prefix="slide-reader") as pool:
         pending: collections.deque = collections.deque()
         try:
             for tile in tiles:
                 pending.append((tile, pool.submit(read, tile)))
                 if len(pending) > depth:
-                    done, future = pending.popleft()
-                    yield done, future.result()
+                    yield take(pending)
             while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
+                yield take(pending)
         finally:
             for _, future in pending:
                 future.cancel()
@@ -190,19 +197,19 @@ def predict_slide(model: TileModel, path: str, out_dir: str,
                                          tile.cols.size, tile.rows.size, path)
                 return fit_channels(pixels.astype(np.float32) / 255, model.channels, path)
 
-            state = None
+            state, loop_start, waited = None, time.time(), []
             bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not progress,
                        leave=False)
             with bar:
                 for tile, pixels in _read_ahead(read, tiles, settings.readers,
-                                                settings.prefetch):
+                                                settings.prefetch, waited):
                     part, local = model.tile(pixels, (*tile.rows.valid, *tile.cols.valid))
                     state = part if state is None else model.merge(state, part)
                     evidence[tile.rows.first:tile.rows.last,
                              tile.cols.first:tile.cols.last] = local
                     bar.update()
             probability, logits = model.finish(state)
-            compute_seconds = time.time() - start
+            tile_seconds = time.time() - loop_start
             evidence.flush()
             del evidence
         evidence = np.load(evidence_path, mmap_mode="r")
@@ -233,7 +240,9 @@ def predict_slide(model: TileModel, path: str, out_dir: str,
         "tile_size": settings.tile_size,
         "tissue_mm2": float(mask.sum() * low_level.mpp ** 2 / 1e6),
         "seconds": round(time.time() - start, 2),
-        "tiles_per_second": round(len(tiles) / compute_seconds, 2)}
+        "tile_seconds": round(tile_seconds, 2),
+        "read_wait_seconds": round(sum(waited), 2),  # the model waiting for the readers
+        "tiles_per_second": round(len(tiles) / tile_seconds, 2)}
     atomic.write_json(outputs.path_of(out_dir, name, "json"), record)
     return record
 
