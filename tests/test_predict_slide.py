@@ -184,8 +184,8 @@ def test_a_saved_model_predicts_as_its_run(run, predicted, tree, tmp_path):
     from needles_tf.serving.export import export_saved_model
 
     out, *_ = predicted
-    saved = load_tile_model(export_saved_model(lesion_model(), os.path.join(run, "saved_model")))
-    assert saved.mpp == MPP  # its run's, read from the run directory it lies in
+    saved = load_tile_model(export_saved_model(lesion_model(), str(tmp_path / "saved"), MPP))
+    assert saved.mpp == MPP  # the export's own record of the resolution
     record = slide_predict.predict_slide(saved, tree["b"], str(tmp_path), SETTINGS, False)
     expected = slide_outputs.read_records(out)["b"]
     assert record["probability"] == pytest.approx(expected["probability"], abs=1e-6)

@@ -4,6 +4,8 @@
 
 Signature serving_default: images float32 [N, H, W, C] in [0, 1] -> probability [N],
 logits [N, 2], evidence_map [N, h, w, 2]. Inspect with `saved_model_cli show --dir DIR --all`.
+The training data's microns per pixel (dataset.json's crop_mpp), where recorded, goes with it
+(the `mpp` collection), for needles-predict-slide.
 """
 
 import os
@@ -29,9 +31,10 @@ def main(argv):
         run_dir.best_model_path(FLAGS.model_dir)  # before waiting for TensorFlow to load
         common.warn_if_unfinished(FLAGS.model_dir)
         from needles_tf.serving.export import export_saved_model
+        from needles_tf.serving.slide_model import recorded_mpp
 
         model = run_dir.load_best_model(FLAGS.model_dir)
-        path = export_saved_model(model, export_dir)
+        path = export_saved_model(model, export_dir, recorded_mpp(FLAGS.model_dir))
     except (run_dir.RunDirError, ValueError, OSError) as e:
         sys.exit(f"needles-export: error: {e}")
     print(f"SavedModel written to {path} (signature serving_default: images "

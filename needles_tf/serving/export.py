@@ -5,7 +5,9 @@ Signature "serving_default":
   -> probability  float32 [N]           softmax probability of class 1 (needle present)
      logits       float32 [N, 2]
      evidence_map float32 [N, h, w, 2]  the linear classifier applied at every location
-The variable collection `min_image_size` holds that minimum size (one int32 scalar).
+The variable collection `min_image_size` holds that minimum size (one int32 scalar), and
+`mpp`, where known, the microns per pixel of the training images (one float32 scalar: the
+resolution whole-slide prediction reads slides at).
 
 Images of any size, tile by tile (models/streaming.py; normalisation-free models only), with
 the geometry of models/tiles.py from the collection `k3` (int32 [4], the 3x3 blocks per stage):
@@ -40,9 +42,11 @@ SIGNATURE = "serving_default"
 INPUT = "images"
 MIN_SIZE_COLLECTION = "min_image_size"
 K3_COLLECTION = "k3"
+MPP_COLLECTION = "mpp"
 
 
-def _serving_archive(classifier: keras.Model) -> keras.export.ExportArchive:
+def _serving_archive(classifier: keras.Model,
+                     mpp: float | None = None) -> keras.export.ExportArchive:
     check_binary(classifier)
     evidence_model = build_evidence_model(classifier)
     channels = classifier.input_shape[-1]
@@ -68,6 +72,9 @@ def _serving_archive(classifier: keras.Model) -> keras.export.ExportArchive:
     archive.add_variable_collection(
         MIN_SIZE_COLLECTION, [keras.Variable(min_size, dtype="int32", trainable=False,
                                              name=MIN_SIZE_COLLECTION)])
+    if mpp:
+        archive.add_variable_collection(MPP_COLLECTION, [keras.Variable(
+            float(mpp), dtype="float32", trainable=False, name=MPP_COLLECTION)])
     if not any(isinstance(layer, InstanceNormalization) for layer in classifier.layers):
         _add_tile_endpoints(archive, classifier, channels)
     return archive
@@ -112,8 +119,11 @@ def _named(state) -> dict[str, tf.Tensor]:
     return {f"state_{i}": tf.cast(part, tf.float32) for i, part in enumerate(state)}
 
 
-def export_saved_model(classifier: keras.Model, export_dir: str) -> str:
+def export_saved_model(classifier: keras.Model, export_dir: str,
+                       mpp: float | None = None) -> str:
     """Writes the serving SavedModel of `classifier` to `export_dir` atomically; returns the path.
+
+    `mpp`: the microns per pixel of its training images, kept in the `mpp` collection.
 
     The model is written to a temporary sibling directory and renamed into place, so a reader
     never sees half an export. An existing SavedModel at `export_dir` is replaced; any other
@@ -134,7 +144,7 @@ def export_saved_model(classifier: keras.Model, export_dir: str) -> str:
         raise OSError(e.errno, f"{parent}: cannot write the SavedModel there "
                                f"({e.strerror})") from None
     try:
-        _serving_archive(classifier).write_out(tmp, verbose=False)
+        _serving_archive(classifier, mpp).write_out(tmp, verbose=False)
         if os.path.exists(export_dir):
             old = f"{export_dir}.old-{os.getpid()}"
             os.rename(export_dir, old)

@@ -14,9 +14,9 @@ Two sources, one interface (`TileModel`):
 
 The resolution the model reads at (microns per pixel): `--mpp` when given, else what the run
 recorded from its dataset (dataset.json's `params.crop_mpp`, in summary.json, or via
-config.json's data_dir); a SavedModel inside a run directory (the default RUN/saved_model)
-reads its run's. Instance-normalised models are refused (global per image: tiles cannot
-reproduce them).
+config.json's data_dir); a SavedModel's own `mpp` collection (needles-export writes the run's),
+else, inside a run directory (the default RUN/saved_model), its run's. Instance-normalised
+models are refused (global per image: tiles cannot reproduce them).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from needles_tf import run_dir
 from needles_tf.data import metadata
-from needles_tf.serving.export import INPUT
+from needles_tf.serving.export import INPUT, MPP_COLLECTION
 
 State = list
 
@@ -152,6 +152,8 @@ def load_tile_model(path: str, mpp: float | None = None) -> TileModel:
                 serving.loaded)
             keep: Any = serving
             owner = os.path.dirname(os.path.abspath(path))
+            collection = getattr(serving.loaded, MPP_COLLECTION, None)
+            mpp = mpp or (float(collection[0].numpy()) if collection else None)
         else:
             classifier = run_dir.load_best_model(path)
             channels, k3 = classifier.input_shape[-1], classifier_k3(classifier)
