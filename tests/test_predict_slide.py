@@ -66,14 +66,16 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """a (0.25 um) and b (0.4 um): the same tissue with lesions; normal: none; nompp: a slide
-    that records no resolution."""
+    """a (0.25 um) and b (0.4 um): the same tissue with lesions; normal: none, and glass on its
+    right half; nompp: a slide that records no resolution."""
     out = tmp_path_factory.mktemp("slides")
     found = {}
     for name, seed, lesions, mpp in (("a", 6, (4, 6), 0.25), ("b", 6, (4, 6), 0.4),
                                      ("normal", 7, None, 0.25), ("nompp", 7, None, None)):
         image, placed = slides.render_slide(np.random.default_rng(seed), WIDTH, lesions)
         placed = [p for p in placed if p.points[:, 1].max() < HEIGHT - 8]
+        if name == "normal":
+            image[:, WIDTH // 2:] = slides.PALETTE[slides.BACKGROUND]
         path = str(out / f"{name}.tif")
         moved = slides.write_slide(path, image[:HEIGHT], placed, 0.25, mpp, levels=4)
         if moved:
@@ -102,6 +104,13 @@ def test_scores_table_and_the_slide_without_resolution(predicted, tree):
     assert sorted(table) == ["a", "b", "normal"]
     assert min(table["a"]["probability"], table["b"]["probability"]) > 0.6
     assert table["normal"]["probability"] < 0.3
+    # glass is never read: no tile lies wholly in the normal slide's empty right half
+    computed = np.isfinite(slide_outputs.load_evidence(out, table["normal"]))
+    columns = computed.shape[1]
+    assert computed[:, :columns // 3].any() and not computed[:, 3 * columns // 4:].any()
+    with pytest.raises(wsi.SlideError, match="nompp.tif: no resolution"):
+        slide_predict.predict_slides(predicted[3], [tree["nompp"]], out, SETTINGS, strict=True,
+                                     progress=False)
     lines = open(os.path.join(out, slide_outputs.CSV_NAME)).read().splitlines()
     assert lines[0].startswith("slide,path,probability,score") and len(lines) == 5
     assert lines[-1].startswith("nompp,") and lines[-1].endswith("the slide's metadata "
