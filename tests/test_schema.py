@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -68,3 +69,18 @@ def test_generation_side_imports_no_tensorflow():
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("strategy", [schema.PNG_STRATEGY, zlib.Z_DEFAULT_STRATEGY])
+def test_png_rows_handed_to_zlib_in_bands_give_the_same_bytes(monkeypatch, strategy):
+    """Large canvases are encoded a band of rows at a time: the PNG is that of the whole."""
+    rng = np.random.default_rng(1)
+    for image in (rng.integers(0, 256, (37, 23, 3), dtype=np.uint8),
+                  np.pad(rng.integers(0, 256, (20, 20), dtype=np.uint8), 50)):
+        whole = schema.encode_png(image, strategy=strategy)  # one band
+        monkeypatch.setattr(schema, "PNG_BAND_BYTES", 100)  # a row or a few per band
+        banded = schema.encode_png(image, strategy=strategy)
+        monkeypatch.undo()
+        assert banded == whole
+        decoded = tf.io.decode_png(banded).numpy()
+        np.testing.assert_array_equal(decoded.reshape(image.shape), image)

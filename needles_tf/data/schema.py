@@ -44,6 +44,7 @@ SOURCE_ID = "source/id"
 # zlib.Z_DEFAULT_STRATEGY.
 PNG_COMPRESSION = 4
 PNG_STRATEGY = zlib.Z_RLE
+PNG_BAND_BYTES = 1 << 22  # rows handed to zlib at once
 
 
 def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION,
@@ -73,19 +74,30 @@ def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION,
     height, width, channels = image.shape
     if channels not in (1, 3):
         raise ValueError(f"encode_png: expected 1 or 3 channels, got {channels}")
-    rows = np.zeros((height, 1 + width * channels), np.uint8)  # column 0 = filter type 0
-    rows[:, 1:] = image.reshape(height, width * channels)
-    color_type = 0 if channels == 1 else 2
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(
-            ">I", zlib.crc32(tag + data))
-
+    row_bytes = 1 + width * channels
+    # Filtered rows go to zlib a band at a time, so a large canvas (8192 x 8192 and beyond) is
+    # never copied whole: the peak is the image, one band and the compressed stream. zlib's
+    # output does not depend on how its input is split (tests/test_schema.py).
+    band = np.zeros((max(1, min(height, PNG_BAND_BYTES // row_bytes)), row_bytes), np.uint8)
+    flat = image.reshape(height, width * channels)
     deflate = zlib.compressobj(compression, zlib.DEFLATED, 15, 8, strategy)
-    idat = deflate.compress(rows.tobytes()) + deflate.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    pieces = []
+    for top in range(0, height, len(band)):
+        rows = band[:min(len(band), height - top)]
+        rows[:, 1:] = flat[top:top + len(rows)]  # column 0 stays 0: filter type "none"
+        pieces.append(deflate.compress(rows))
+    pieces.append(deflate.flush())
+    idat = b"".join(pieces)
+    del pieces
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    return b"".join([b"\x89PNG\r\n\x1a\n", *_png_chunk(b"IHDR", header),
+                     *_png_chunk(b"IDAT", idat), *_png_chunk(b"IEND", b"")])
+
+
+def _png_chunk(tag: bytes, data: bytes) -> tuple[bytes, ...]:
+    """The pieces of a PNG chunk: length, tag, data, CRC of tag and data."""
+    return (struct.pack(">I", len(data)), tag, data,
+            struct.pack(">I", zlib.crc32(data, zlib.crc32(tag))))
 
 
 def _varint(value: int) -> bytes:

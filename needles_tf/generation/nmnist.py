@@ -26,21 +26,53 @@ set, 22,552.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Mapping
 
 import numpy as np
 
 from needles_tf.data import metadata, schema
-from needles_tf.generation import mnist, writer
+from needles_tf.generation import mnist, resources, writer
+from needles_tf.generation.workers import AHEAD_PER_WORKER
 
 DIGIT = 28
 DEFAULT_DUPLICATES = {"train": 1, "val": 2, "test": 2}
 PRESETS = {64: 2, 128: 5, 256: 25, 512: 100, 1024: 400}  # canvas -> clutter of the paper
+CHUNK_PIXELS = 1 << 24    # canvas pixels per writer task: 16 canvases of 1024^2, 1 of 4096^2
+RECORD_BYTES = 256        # a record's framing and fields besides the PNG
 
 
 def o2i(canvas_size: int, digit_size: int = DIGIT) -> float:
     """Object-to-image ratio (fraction) of one digit (28x28 by default) on a square canvas."""
     return digit_size * digit_size / canvas_size ** 2
+
+
+def png_bytes(canvas_size: int, num_digits: int, digit_size: int = DIGIT) -> int:
+    """About the size of one canvas's PNG (schema.encode_png), from above.
+
+    Measured on the embedded MNIST digits: a black canvas takes 0.97 bytes per 1000 pixels
+    plus about one per row; an isolated 28 px digit about 211 bytes and a 14 px one 122
+    (crowded digits less, as they overlap: 164 at the paper's 400 per 1024^2), never more
+    than the raw pixels and deflate's stored-block overhead.
+    """
+    blank = canvas_size ** 2 // 1000 + 2 * canvas_size + 100
+    raw = canvas_size * (canvas_size + 1) * 1001 // 1000 + 100
+    return min(raw, blank + num_digits * (100 + 15 * digit_size ** 2 // 100))
+
+
+def canvas_bytes(canvas_size: int, num_digits: int, digit_size: int = DIGIT) -> int:
+    """Peak bytes a worker holds for its canvases besides its baseline, from above: the canvas,
+    the band of rows zlib is handed, the PNG and its copies while the example is assembled and
+    pickled back with the rest of its writer task (tests/test_nmnist_large.py measures it)."""
+    record = png_bytes(canvas_size, num_digits, digit_size) + RECORD_BYTES
+    return (canvas_size ** 2 + schema.PNG_BAND_BYTES
+            + (4 + 2 * chunk_images(canvas_size)) * record)
+
+
+def chunk_images(canvas_size: int) -> int:
+    """Canvases per writer task: 16 up to 1024^2, fewer above, one from 4096^2 on, so that
+    what is in flight between the workers and the writer stays a few canvases' worth."""
+    return max(1, min(16, CHUNK_PIXELS // canvas_size ** 2))
 
 
 def split_size(labels: np.ndarray, needle_digit: int, duplicates: int) -> int:
@@ -68,15 +100,19 @@ class Plan:
 
 def render(digits: np.ndarray, rows: np.ndarray, corners: np.ndarray,
            canvas_size: int) -> np.ndarray:
-    """Adds digits[rows] at corners onto a black canvas, saturating at 255 -> uint8 [C, C]."""
-    # Sum in a wide integer type and clip once: the same as saturating after every add. numpy
-    # slice adds cost ~2 us per digit, well below the PNG encoding of the canvas.
-    wide = np.uint16 if len(rows) <= 257 else np.uint32  # 257 * 255 < 2**16
-    canvas = np.zeros((canvas_size, canvas_size), wide)
+    """Adds digits[rows] at corners onto a black canvas, saturating at 255 -> uint8 [C, C].
+
+    Each add saturates in place on the uint8 canvas (a + min(d, 255 - a)), the same as summing
+    in a wide type and clipping once, as every digit is >= 0, but the canvas is the only
+    canvas-sized array: a wide sum plus its clip took 9 bytes per pixel (2.3 GiB at 16384^2)
+    and as long as the PNG encoding at 8192^2, where this is as fast as the wide sum at 1024^2.
+    """
+    canvas = np.zeros((canvas_size, canvas_size), np.uint8)
     size = digits.shape[1]
     for row, (y, x) in zip(rows, corners):
-        canvas[y:y + size, x:x + size] += digits[row]
-    return np.minimum(canvas, 255).astype(np.uint8)
+        patch = canvas[y:y + size, x:x + size]
+        patch += np.minimum(digits[row], 255 - patch)
+    return canvas
 
 
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
@@ -160,10 +196,21 @@ def generate_nmnist(output_dir: str, *, canvas_size: int, num_clutter: int,
                     mnist_source: str = "embedded", seed: int = 0, num_shards: int = 8,
                     workers: int = 1, overwrite: bool = False, progress: bool = True,
                     digit_size: int = DIGIT) -> dict:
-    """Generates (or resumes) an nMNIST dataset of TFRecords + dataset.json; returns metadata."""
+    """Generates (or resumes) an nMNIST dataset of TFRecords + dataset.json; returns metadata.
+
+    Each worker holds a few canvases at a time whatever the canvas size (uint8, encoded in
+    bands of rows, one per writer task from 4096^2 on), so 8192^2 and larger canvases stream to
+    disk. Before any work, a dataset that cannot fit is refused with the figures.
+
+    Raises:
+        resources.NoRoom: one canvas per worker does not fit in the available memory, or the
+            dataset's estimated size does not fit on the disk at output_dir.
+        ValueError, mnist.MnistSourceError, metadata.DatasetError: bad arguments or files.
+    """
     data = mnist.load_mnist(mnist_source)
     composer = NmnistComposer(data, canvas_size, num_clutter, needle_digit, duplicates, seed,
                               digit_size)
+    _check_room(composer, output_dir, workers)
     params = {"mnist": data.source, "canvas_size": canvas_size, "num_clutter": num_clutter,
               "needle_digit": needle_digit, "duplicates": composer.duplicates, "seed": seed,
               "o2i": o2i(canvas_size, digit_size)}
@@ -174,4 +221,28 @@ def generate_nmnist(output_dir: str, *, canvas_size: int, num_clutter: int,
         image={"height": canvas_size, "width": canvas_size, "channels": 1},
         split_sizes={s: composer.split_size(s) for s in metadata.SPLITS},
         make_example=composer, num_shards=num_shards, workers=workers, overwrite=overwrite,
-        progress=progress)
+        progress=progress, chunk_size=chunk_images(canvas_size))
+
+
+def _check_room(composer: NmnistComposer, output_dir: str, workers: int) -> None:
+    """Refuses (resources.NoRoom) a dataset whose canvases do not fit in memory, one per worker
+    plus the records in flight to the writer, or whose records do not fit on the disk at
+    output_dir (shards already there count as room: they are kept, or replaced by --overwrite).
+    The processes' own memory (Python, NumPy, TensorFlow in the writer: about 0.1 GiB per worker
+    and 0.9 GiB) is left out, so that only what cannot fit is refused; a worker that runs out of
+    memory all the same is reported by the writer."""
+    size = composer.canvas_size
+    record = png_bytes(size, composer.num_clutter + 1, composer.digit_size) + RECORD_BYTES
+    images = sum(composer.split_size(s) for s in metadata.SPLITS)
+    workers, chunk = max(1, min(workers, images)), chunk_images(size)
+    existing = sum(os.path.getsize(os.path.join(output_dir, f)) for f in (
+        os.listdir(output_dir) if os.path.isdir(output_dir) else ())
+        if metadata.SHARD_RE.match(f))
+    resources.check_room(
+        f"--canvas_size={size}", what="one canvas", workers=workers,
+        per_worker=canvas_bytes(size, composer.num_clutter + 1, composer.digit_size),
+        overhead=AHEAD_PER_WORKER * workers * chunk * record,
+        disk=max(0, images * record - existing), output_dir=output_dir,
+        memory_helps="fewer --workers or a smaller --canvas_size need less memory",
+        disk_helps="another --output_dir, a smaller --canvas_size or fewer images "
+                   "(--duplicates, --train_duplicates) need less disk")
