@@ -5,7 +5,8 @@ every epoch (batch(buffer) + gather: +445 MiB peak for a 175 MiB cache), and a l
 `from_tensor_slices` constant hits the 2 GB graph limit. Here the split (its uint8 images, or
 its PNGs when the decoded split does not fit) sits in one non-trainable tf.Variable, filled by
 scatter updates (a sliced assign reads the variable and copies it all), so the peak is the
-split plus one fill batch; an epoch gathers batches of positions in the order of order.py.
+split plus one fill batch (at most 256 MiB); an epoch gathers batches of positions in the order
+of order.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import ctypes.util
 import numpy as np
 import tensorflow as tf
 
-FILL_BATCH = 256  # records assigned at once while filling
+FILL_BATCH = 256      # records assigned at once while filling,
+FILL_BYTES = 1 << 28  # and at most 256 MiB of them (4 decoded images of 8192^2)
 
 
 class IndexedCache:
@@ -28,19 +30,22 @@ class IndexedCache:
             order is that of the records, however they were read).
         count: how many records it yields.
         decode: what a gather returns for the values [N, ...]: images [N, H, W, C] uint8.
+        record_bytes: about the bytes of one value (an image, a PNG), which bound the fill
+            batches: 256 records of 8192^2 pixels would hold 16 GiB besides the cache.
 
     Raises:
         ValueError: `records` yields another number of elements than `count`.
     """
 
-    def __init__(self, records: tf.data.Dataset, count: int, decode):
+    def __init__(self, records: tf.data.Dataset, count: int, decode, record_bytes: int = 1):
         self._decode = decode
         spec = records.element_spec[1]
         with tf.device("/cpu:0"):  # a callable initial value: no second copy of the split
             self._values = tf.Variable(lambda: tf.zeros([count, *spec.shape], spec.dtype),
                                        trainable=False, name="split_cache")
         labels = np.full(count, -1, np.int32)
-        for positions, values, batch_labels in records.batch(FILL_BATCH):
+        fill_batch = max(1, min(FILL_BATCH, FILL_BYTES // max(record_bytes, 1)))
+        for positions, values, batch_labels in records.batch(fill_batch):
             self._values.scatter_update(tf.IndexedSlices(values, positions))
             labels[positions.numpy()] = batch_labels.numpy()
         _release_freed_memory()

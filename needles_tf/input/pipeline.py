@@ -211,8 +211,10 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
                 records, parser, buffer, s, oversample, share, ordered).batch(
                     stream_batch, drop_remainder=drop_remainder or replicas > 1).take(per_epoch))
         else:
-            ds, per_epoch = _cached_epochs(records, parser, kind, selected, epoch_seeds,
-                                           oversample, batch_size, drop_remainder,
+            record_bytes = ((decoded_bytes if kind == "decoded" else encoded_bytes)
+                            // max(selected, 1))
+            ds, per_epoch = _cached_epochs(records, parser, kind, selected, record_bytes,
+                                           epoch_seeds, oversample, batch_size, drop_remainder,
                                            range(pipeline_id * local, (pipeline_id + 1) * local),
                                            share_of_replica)
         batches = per_epoch * num_epochs
@@ -250,7 +252,7 @@ def _batches(count: int, batch_size: int, drop_remainder: bool) -> int:
     return count // batch_size if drop_remainder else -(-count // batch_size)
 
 
-def _cached_epochs(records, parser: Parser, kind: str, selected: int,
+def _cached_epochs(records, parser: Parser, kind: str, selected: int, record_bytes: int,
                    epoch_seeds: tf.data.Dataset, oversample: bool, batch_size: int,
                    drop_remainder: bool, replicas: range, share: int):
     """Epochs gathered from an IndexedCache; returns (dataset, batches per epoch). Under
@@ -269,7 +271,7 @@ def _cached_epochs(records, parser: Parser, kind: str, selected: int,
         def decode(encoded):
             return tf.map_fn(parser.decode_image, encoded,
                              fn_output_signature=tf.TensorSpec(parser.shape, tf.uint8))
-    cache = IndexedCache(values, selected, decode)
+    cache = IndexedCache(values, selected, decode, record_bytes)
     labels = cache.labels
 
     def epoch(seed):
