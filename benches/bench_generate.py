@@ -4,8 +4,9 @@
   python benches/bench_generate.py --workers=2 --images=6 --sizes=8192     # large canvases
 
 Clutter is the paper's for its sizes and the paper's density (400 per 1024^2) elsewhere, or
---clutter. Target (2 cores): canvas 1024 / 400 clutter >= 115 images/s with --workers=2,
-<= 80 KiB/image. Times include starting the worker processes and writing/hashing the shards.
+--clutter. CPU s/image counts the workers and the writer (robust on a loaded machine). Target
+(2 cores): canvas 1024 / 400 clutter >= 115 images/s with --workers=2, <= 80 KiB/image.
+Times include starting the worker processes and writing/hashing the shards.
 Peak RSS: the main process (the writer, with TensorFlow) and the largest worker (the peak of its
 own memory, VmHWM, sampled while it runs), against the estimate of its canvases that
 generate_nmnist checks (a worker's own memory, about 70 MiB, comes on top).
@@ -13,6 +14,7 @@ generate_nmnist checks (a worker's own memory, about 70 MiB, comes on top).
 
 import argparse
 import os
+import resource
 import tempfile
 import threading
 import time
@@ -54,6 +56,12 @@ class WorkerPeak(threading.Thread):
         return self.peak
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the workers, once shut down)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", "--presets", default="64,128,256,512,1024",
@@ -64,7 +72,9 @@ def main():
     parser.add_argument("--mnist", default="embedded")
     args = parser.parse_args()
     data = mnist.load_mnist(args.mnist)
+    import tensorflow  # noqa: F401  (the writer's; imported here so that no size's time counts it)
     print(f"{'canvas':>6} {'clutter':>7} {'O2I %':>8} {'images/s':>9} {'s/image':>8} "
+          f"{'CPU s/im':>8} "
           f"{'KiB/image':>10} {'est. KiB':>9} {'worker MiB':>10} {'est. MiB':>8} "
           f"{'main MiB':>8}")
     for canvas in (int(c) for c in args.sizes.split(",")):
@@ -79,18 +89,19 @@ def main():
         with tempfile.TemporaryDirectory() as out:
             sampler = WorkerPeak()
             sampler.start()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu_seconds()
             writer.write_dataset(
                 out, kind="nmnist", params={"bench": canvas},
                 image={"height": canvas, "width": canvas, "channels": 1},
                 split_sizes={"train": count}, make_example=composer, num_shards=4,
                 workers=args.workers, progress=False, chunk_size=chunk)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
             worker = sampler.stop()
             size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out)
                        if f.endswith(".tfrecord"))
         print(f"{canvas:>6} {clutter:>7} {100 * nmnist.o2i(canvas):>8.3g} "
-              f"{count / seconds:>9.2f} {seconds / count:>8.3f} {size / count / 1024:>10.1f} "
+              f"{count / seconds:>9.2f} {seconds / count:>8.3f} {cpu / count:>8.3f} "
+              f"{size / count / 1024:>10.1f} "
               f"{record / 1024:>9.1f} {worker:>10.0f} {estimate:>8.0f} "
               f"{_hwm_mib('self'):>8.0f}", flush=True)
 
