@@ -11,7 +11,13 @@ from PIL import Image
 from needles_tf.models import build_classifier
 from needles_tf.serving.export import export_saved_model
 from needles_tf.serving.images import ImageError, default_max_pixels, read_image
-from needles_tf.serving.predict import load_serving_model, predict_file, predict_image
+from needles_tf.serving.predict import (
+    PredictError,
+    load_serving_model,
+    predict_file,
+    predict_files,
+    predict_image,
+)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
@@ -31,6 +37,8 @@ def test_streamed_prediction_equals_the_whole_image(tmp_path, pooling):
     record = predict_file(serving, path, str(tmp_path / "image.heatmap.png"), tile_size=48)
     assert record["probability"] == pytest.approx(whole_probability, abs=1e-6)
     assert os.path.exists(tmp_path / "image.heatmap.png")
+    with pytest.raises(PredictError, match="give --tile_size of at least"):  # not per file
+        next(predict_files(serving, [path], tile_size=5))
 
 
 def test_an_instance_normalised_export_refuses_tiles_with_a_clear_error(tmp_path):
@@ -41,10 +49,17 @@ def test_an_instance_normalised_export_refuses_tiles_with_a_clear_error(tmp_path
         predict_image(serving, np.zeros((64, 64, 1), np.float32), tile_size=32)
 
 
-def test_the_pixel_guard_reads_the_header_and_names_its_flag(tmp_path):
+def test_the_pixel_guard_reads_the_header_and_names_its_flag(tmp_path, monkeypatch):
+    # above twice Pillow's own limit (its default, as in a fresh process) the header is
+    # still read: ours decides, not Pillow's DecompressionBombError
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(1024 * 1024 * 1024 // 4 // 3))
+    huge = str(tmp_path / "huge.png")
+    Image.new("1", (20000, 20000)).save(huge)  # 400 megapixels in 50 kB
+    with pytest.raises(ImageError, match="400,000,000 pixels.*--max_pixels"):
+        read_image(huge, max_pixels=5_000_000)
     path = str(tmp_path / "wide.png")
     Image.new("1", (3000, 2000)).save(path)  # 6 megapixels in a file of a few kilobytes
-    with pytest.raises(ImageError, match="6 megapixels.*--max_pixels"):
+    with pytest.raises(ImageError, match="6,000,000 pixels.*5,000,000.*--max_pixels"):
         read_image(path, max_pixels=5_000_000)
     assert read_image(path, max_pixels=6_000_000).shape == (2000, 3000, 1)
     # the default comes from memory, not from Pillow's 179 megapixels (24 GiB: 800 million)

@@ -107,16 +107,18 @@ def read_image(path: str, max_pixels: int | None = None) -> np.ndarray:
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file")
     limit = max_pixels or default_max_pixels()
+    source = "given" if max_pixels else "half the available memory"
     suffix = os.path.splitext(path)[1].lower()
+    from PIL import Image
+
+    # ours replaces Pillow's, which Image.open (the header, too) would raise above 358 MP
+    Image.MAX_IMAGE_PIXELS = None
     try:
         pixels = _header_pixels(path, suffix) if suffix in KNOWN_SUFFIXES else 0
         if pixels > limit:
-            raise ImageError(f"{path}: {pixels / 1e6:,.0f} megapixels, above the limit of "
-                             f"{limit / 1e6:,.0f} (a guard against decompression bombs, from "
-                             "half the available memory); raise it with --max_pixels")
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None  # ours is checked above
+            raise ImageError(f"{path}: {pixels:,} pixels, above the limit of {limit:,} (a "
+                             f"guard against decompression bombs, {source}); raise it with "
+                             "--max_pixels")
         array = np.asarray(_read_array(path))
     except ImageError:
         raise
