@@ -19,7 +19,7 @@ from needles_tf.generation import camelyon, slides, wsi
 from needles_tf.models import build_classifier
 from needles_tf.models.bagnet import embedding_size
 from needles_tf.serving import slide_outputs, slide_predict
-from needles_tf.serving.slide_model import load_tile_model
+from needles_tf.serving.slide_model import SlideModelError, load_tile_model
 
 MPP = 2.0
 HEIGHT, WIDTH = 1536, 2048  # level-0 pixels at 0.25 um: not square, to check the aspect
@@ -260,3 +260,25 @@ def test_evaluate_slides_scores_the_predictions(predicted, tree, tmp_path):
     froc = result["froc"]
     assert froc["slides"] == 3 and froc["lesions"] >= 2 and 0 < froc["score"] <= 1
     assert "tensorflow" not in done.stderr.lower()
+
+
+def test_wrong_settings_stop_in_one_line_before_any_slide(predicted, tree, tmp_path):
+    model = predicted[3]
+    with pytest.raises(SlideModelError, match="give --tile_size of at least 14"):
+        slide_predict.predict_slides(model, [tree["a"]], str(tmp_path / "out"),
+                                     slide_predict.SlideSettings(tile_size=5), progress=False)
+    assert not (tmp_path / "out").exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    done = subprocess.run(  # refused before TensorFlow loads
+        [sys.executable, "-m", "needles_tf.bin.predict_slide", "--model=unused",
+         f"--output_dir={a_file}", tree["a"]],
+        env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        f"needles-predict-slide: error: --output_dir={a_file} is a file; expected a folder"]
+    from needles_tf.evaluation.slide_evaluation import evaluate_slides
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("slide,label\na,1\nnormal,0\n")
+    with pytest.raises(ValueError, match="no_such: no such folder"):
+        evaluate_slides(predicted[0], str(labels), str(tmp_path / "no_such"))

@@ -56,6 +56,10 @@ def _format(result: dict) -> str:
         lines.append(f"slide AUC {auc['auc']:.3f}{interval}")
     froc = result["froc"]
     if froc is not None:
+        if froc["left_out"]:
+            lines.append(f"FROC leaves out {len(froc['left_out'])} slides (positive without an "
+                         "annotation, or no prediction record): "
+                         + ", ".join(froc["left_out"]))
         if froc["score"] is None:
             lines.append("FROC: undefined (no lesion to find)")
         else:

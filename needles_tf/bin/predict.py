@@ -49,7 +49,12 @@ def main(argv):
     if not files:
         sys.exit(f"{PROG}: error: no image files given")
     # Imported after the checks above, so that they need not wait for TensorFlow to load.
-    from needles_tf.serving.predict import PredictError, load_serving_model, predict_files
+    from needles_tf.serving.predict import (
+        PredictError,
+        check_tile_size,
+        load_serving_model,
+        predict_files,
+    )
 
     skipped = []
 
@@ -59,6 +64,7 @@ def main(argv):
 
     try:
         model = load_serving_model(FLAGS.saved_model)
+        check_tile_size(model, FLAGS.tile_size)  # before --output is opened
         records = predict_files(model, files, FLAGS.heatmap_dir, FLAGS.strict, report,
                                 FLAGS.tile_size, FLAGS.max_pixels)
         if FLAGS.output is None:

@@ -14,7 +14,9 @@ same command resume slide by slide; a slide that cannot be read is reported and 
 (--strict stops).
 """
 
+import os
 import sys
+import tempfile
 
 from absl import flags
 
@@ -55,6 +57,18 @@ def _inputs(argv: list[str]) -> list[str]:
     return items
 
 
+def _check_output_dir(folder: str) -> None:
+    """Exits with one line when `folder` cannot be created or written in."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        sys.exit(f"{PROG}: error: --output_dir={folder} is a file; expected a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        sys.exit(f"{PROG}: error: --output_dir={folder}: cannot write there "
+                 f"({e.strerror or e})")
+
+
 def main(argv):
     for name in ("model", "output_dir"):
         if not FLAGS[name].value:
@@ -62,6 +76,7 @@ def main(argv):
     items = _inputs(argv)
     if not items:
         sys.exit(f"{PROG}: error: no slides given (files, directories or --slide_list)")
+    _check_output_dir(FLAGS.output_dir)  # before waiting for TensorFlow to load
     from needles_tf.generation.wsi import SlideError
     from needles_tf.serving import slide_predict
     from needles_tf.serving.slide_model import SlideModelError, load_tile_model

@@ -63,7 +63,7 @@ def evaluate_slides(predictions: str, labels_path: str, annotation_dir: str | No
 
     Raises:
       slide_labels.LabelError, camelyon.SlideError: unusable inputs, naming the file.
-      ValueError: no slide with both a label and a score.
+      ValueError: no slide with both a label and a score, or no `annotation_dir` folder.
     """
     folder = predictions if os.path.isdir(predictions) else None
     scores = slide_labels.read_scores(
@@ -79,6 +79,9 @@ def evaluate_slides(predictions: str, labels_path: str, annotation_dir: str | No
                                        resamples, seed, confidence),
         "froc": None}
     if annotation_dir is not None:
+        if not os.path.isdir(annotation_dir):
+            raise ValueError(f"{annotation_dir}: no such folder; expected the lesion "
+                             "annotations (ASAP XML, <slide>.xml)")
         if folder is None:
             raise ValueError("lesion FROC needs needles-predict-slide's output directory "
                              f"(evidence maps), not the CSV {predictions}")

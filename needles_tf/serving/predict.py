@@ -97,12 +97,10 @@ def predict_streamed(model: ServingModel, image: np.ndarray,
     (serving/export.py), the tiles cut by models/tiles.py; a progress bar on many tiles.
 
     Raises:
-      ValueError: a model exported without them (instance norm, or an older export), or a
+      PredictError: a model exported without them (instance norm, or an older export), or a
         tile below the receptive field.
     """
-    if model.k3 is None:
-        raise ValueError(f"{model.path} cannot stream tiles (a model with instance "
-                         "normalisation, or exported before tiles existed); use --tile_size=0")
+    check_tile_size(model, tile_size)
     signatures = model.loaded.signatures
     tiles = TileGeometry(model.k3).tiles(image.shape[0], image.shape[1], tile_size)
     state, evidence = None, None
@@ -125,6 +123,22 @@ def predict_streamed(model: ServingModel, image: np.ndarray,
         evidence[tile.rows.first:tile.rows.last, tile.cols.first:tile.cols.last] = local
     final = signatures["finish"](**{f"state_{i}": part for i, part in enumerate(state)})
     return float(final["probability"][0]), evidence
+
+
+def check_tile_size(model: ServingModel, tile_size: int | None) -> None:
+    """Raises PredictError when images cannot be streamed through `model` in tiles of
+    `tile_size` pixels (None or 0: whole images, always possible): once for a whole run,
+    rather than once per file."""
+    if not tile_size:
+        return
+    if model.k3 is None:
+        raise PredictError(f"{model.path} cannot stream tiles (a model with instance "
+                           "normalisation, or exported before tiles existed); use --tile_size=0")
+    minimum = TileGeometry(model.k3).min_tile_size
+    if tile_size < minimum:
+        raise PredictError(f"tile size {tile_size} is too small for the receptive field of "
+                           f"{model.path}: give --tile_size of at least {minimum} (0: whole "
+                           "images)")
 
 
 def predict_file(model: ServingModel, path: str, heatmap_path: str | None = None,
@@ -173,8 +187,10 @@ def predict_files(model: ServingModel, paths: Iterable[str], heatmap_dir: str | 
     `predict_file`'s).
 
     A file that cannot be used raises PredictError with `strict`; otherwise it is reported
-    (`on_error(path, message)`, default: a logged warning) and skipped.
+    (`on_error(path, message)`, default: a logged warning) and skipped. A tile size the model
+    cannot use raises PredictError before any file (`check_tile_size`).
     """
+    check_tile_size(model, tile_size)
     paths = list(paths)
     if heatmap_dir:
         os.makedirs(heatmap_dir, exist_ok=True)

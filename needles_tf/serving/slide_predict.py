@@ -51,7 +51,7 @@ from needles_tf.models.bagnet import EMBEDDING_OFFSET, EMBEDDING_STRIDE, embeddi
 from needles_tf.models.tiles import Tile, TileGeometry
 from needles_tf.serving import slide_outputs as outputs
 from needles_tf.serving.images import fit_channels
-from needles_tf.serving.slide_model import TileModel
+from needles_tf.serving.slide_model import SlideModelError, TileModel
 
 KIND = "needles_tf slide prediction"
 THUMBNAIL = 1024  # the thumbnail's longer side, at most
@@ -309,7 +309,15 @@ def predict_slides(model: TileModel, paths: Iterable[str], out_dir: str,
 
     on_error(path, message): a skipped slide (default: a logged warning); on_done(record,
     skipped): a finished one (skipped: done by an earlier run).
+
+    Raises:
+      SlideModelError: a tile size below what the model's receptive field needs (before any
+        slide).
     """
+    minimum = TileGeometry(model.k3).min_tile_size
+    if settings.tile_size < minimum:
+        raise SlideModelError(f"{model.path}: tiles of {settings.tile_size} pixels are too small "
+                              f"for its receptive field; give --tile_size of at least {minimum}")
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale_scratch(out_dir)
     report = on_error or (lambda path, message: log.warning("skipped %s", message))
