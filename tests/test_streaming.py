@@ -83,5 +83,5 @@ def test_instance_normalisation_and_too_small_tiles_are_refused():
     with pytest.raises(StreamingError, match="instance normalisation.*--nonormalization"):
         StreamedClassifier(normalised, 256)
     model = _model(33, "max")
-    with pytest.raises(StreamingError, match="give at least"):
+    with pytest.raises(StreamingError, match="give --tile_size of at least"):
         StreamedClassifier(model, 20)

@@ -69,7 +69,8 @@ class StreamedClassifier:
         if tile_size < self.geometry.min_tile_size:
             raise StreamingError(
                 f"tile size {tile_size} is too small for receptive field "
-                f"{2 * self.geometry.radius + 1}: give at least {self.geometry.min_tile_size}")
+                f"{2 * self.geometry.radius + 1}: give --tile_size of at least "
+                f"{self.geometry.min_tile_size}")
         self.tile_size = tile_size
         self.encoder = keras.Model(classifier.inputs[0], classifier.get_layer("embedding").output,
                                    name=f"{classifier.name}_encoder")
