@@ -270,12 +270,16 @@ def test_wrong_settings_stop_in_one_line_before_any_slide(predicted, tree, tmp_p
     assert not (tmp_path / "out").exists()
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    done = subprocess.run(  # refused before TensorFlow loads
-        [sys.executable, "-m", "needles_tf.bin.predict_slide", "--model=unused",
-         f"--output_dir={a_file}", tree["a"]],
-        env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True, text=True)
-    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
-        f"needles-predict-slide: error: --output_dir={a_file} is a file; expected a folder"]
+    for flag, line in ((f"--output_dir={a_file}", f"--output_dir={a_file} is a file; expected "
+                        "a folder"),
+                       ("--assume_mpp=0", "--assume_mpp must be positive microns per pixel, "
+                        "got 0.0")):
+        done = subprocess.run(  # refused before TensorFlow loads
+            [sys.executable, "-m", "needles_tf.bin.predict_slide", "--model=unused",
+             f"--output_dir={tmp_path / 'out'}", flag, tree["a"]],
+            env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True, text=True)
+        assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+            f"needles-predict-slide: error: {line}"]
     from needles_tf.evaluation.slide_evaluation import evaluate_slides
 
     labels = tmp_path / "labels.csv"

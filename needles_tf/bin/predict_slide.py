@@ -73,6 +73,10 @@ def main(argv):
     for name in ("model", "output_dir"):
         if not FLAGS[name].value:
             sys.exit(f"{PROG}: error: --{name} is required")
+    for name in ("mpp", "assume_mpp"):  # 0 would divide by zero on the first slide
+        if FLAGS[name].value is not None and not FLAGS[name].value > 0:
+            sys.exit(f"{PROG}: error: --{name} must be positive microns per pixel, got "
+                     f"{FLAGS[name].value}")
     items = _inputs(argv)
     if not items:
         sys.exit(f"{PROG}: error: no slides given (files, directories or --slide_list)")
