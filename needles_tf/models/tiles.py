@@ -86,10 +86,6 @@ class TileGeometry:
         edges: the receptive field, rounded up to the stride's grid."""
         return self._reach
 
-    def locations_per_tile(self, tile_size: int) -> int:
-        """Exact locations an inner tile of `tile_size` pixels gives along one axis."""
-        return max(0, (tile_size - self._reach) // EMBEDDING_STRIDE + 1)
-
     def spans(self, size: int, tile_size: int) -> list[Span]:
         """The tiles along an axis of `size` pixels, each at most `tile_size` pixels.
 
@@ -127,9 +123,3 @@ class TileGeometry:
     def tiles(self, height: int, width: int, tile_size: int) -> list[Tile]:
         """Every tile of a height x width image, row by row."""
         return list(self.iter_tiles(height, width, tile_size))
-
-    def tile_shapes(self, height: int, width: int, tile_size: int) -> set[tuple[int, int]]:
-        """The distinct (rows, cols) pixel shapes among the tiles: at most nine (the first,
-        inner and last tiles along each axis differ), what a compiled step is traced for."""
-        return {(t.rows.size, t.cols.size) for t in self.tiles(height, width, tile_size)}
-
