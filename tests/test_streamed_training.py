@@ -75,6 +75,7 @@ def test_a_streamed_run_trains_as_the_whole_image_run(data_dir, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (dict(normalization=True), "instance normalisation"),
     (dict(remat="block"), "choose one"),
+    (dict(score_detection=True), "leave out --score_detection"),
     (dict(tile_size=10), "give --tile_size of at least 14"),
 ])
 def test_settings_that_cannot_stream_are_refused_before_writing(data_dir, tmp_path, overrides,

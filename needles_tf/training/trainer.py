@@ -232,11 +232,16 @@ def _streamed(model: keras.Model, config: TrainConfig) -> StreamedClassifier | N
     """The classifier's streamed parts for --tile_size (None without it).
 
     Raises:
-      ValueError: instance normalisation, a tile below the receptive field, or --remat too
-        (a streamed step holds one tile's activations already).
+      ValueError: instance normalisation, a tile below the receptive field, --remat too
+        (a streamed step holds one tile's activations already), or --score_detection (its
+        saliency is an input gradient of the whole image: the memory streaming avoids).
     """
     if not config.tile_size:
         return None
+    if config.score_detection:
+        raise ValueError(f"score_detection and tile_size={config.tile_size}: the detection "
+                         "scores come from whole-image input-gradient saliency, which needs the "
+                         "memory that streaming avoids; leave out --score_detection")
     if config.remat != "none":
         raise ValueError(f"remat={config.remat} and tile_size={config.tile_size}: choose one; "
                          "a streamed step keeps one tile's activations (a smaller tile needs "
