@@ -26,13 +26,13 @@ HEIGHT, WIDTH = 1536, 2048  # level-0 pixels at 0.25 um: not square, to check th
 SETTINGS = slide_predict.SlideSettings(tile_size=96)
 
 
-def lesion_model():
-    """RF 9, s = 1/16, no normalisation, every weight zero but: the stem's channel 0 is
+def lesion_model(pooling="max"):
+    """RF 9, s = 1/16, no normalisation, `pooling`, every weight zero but: the stem's channel 0 is
     ReLU(0.89 R - G - 0.26 B) averaged over 3 x 3 pixels, positive on the lesions' purple and
     negative on tissue (pink, with its nuclei) and glass; each stage's projection shortcut
     carries channel 0 to the embedding (the zero main paths add nothing); the head gives
     evidence 100 * channel 0 - 1."""
-    model = build_classifier(3, receptive_field=9, width_scale=1 / 16, pooling="max",
+    model = build_classifier(3, receptive_field=9, width_scale=1 / 16, pooling=pooling,
                              normalization=False, blocks=(1, 1, 1, 1))
     for weight in model.weights:
         weight.assign(np.zeros(weight.shape, "float32"))
@@ -211,6 +211,46 @@ def test_finished_slides_are_skipped(predicted, tree):
     assert earlier == [True, True]
     assert before == {n: os.stat(slide_outputs.path_of(out, n, "json")).st_mtime_ns
                       for n in "ab"}
+
+
+def test_the_slide_score_does_not_depend_on_the_tile_size(tmp_path):
+    """Only the locations on tissue are pooled (and mapped), whatever tiles they came in: mean
+    pooling, where glass would weigh most, gives one score and one map with two tile sizes on
+    a slide of lesions and glass."""
+    image, _ = slides.render_slide(np.random.default_rng(6), WIDTH, (4, 6))
+    image[:, 1200:] = slides.PALETTE[slides.BACKGROUND]
+    path = str(tmp_path / "half.tif")
+    slides.write_slide(path, image[:HEIGHT], [], 0.25, 0.25, levels=4)
+    run = tmp_path / "run"
+    run.mkdir()
+    lesion_model("mean").save(str(run / "best.keras"))
+    model = load_tile_model(str(run), MPP)
+    records, maps = [], []
+    for size in (48, 200):
+        out = tmp_path / f"tiles{size}"
+        out.mkdir()
+        records.append(slide_predict.predict_slide(
+            model, path, str(out), slide_predict.SlideSettings(tile_size=size), False))
+        maps.append(np.asarray(slide_outputs.load_evidence(str(out), records[-1])))
+    assert records[0]["tiles"] > records[1]["tiles"]
+    for key in ("logit_0", "logit_1", "probability"):
+        assert records[0][key] == pytest.approx(records[1][key], rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)  # NaN off the tissue in both
+    assert 0.2 < np.isfinite(maps[0]).mean() < 0.8
+
+
+def test_a_retrained_model_is_predicted_again(predicted):
+    """The resume key holds the model file's size and mtime; not the tile size (no result
+    depends on it)."""
+    model = predicted[3]
+    key = SETTINGS.key(model)
+    assert slide_predict.SlideSettings(tile_size=512).key(model) == key
+    stat = os.stat(model.file)
+    try:
+        os.utime(model.file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert SETTINGS.key(model) != key
+    finally:
+        os.utime(model.file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_a_killed_run_resumes_slide_by_slide(run, tree, predicted, tmp_path):

@@ -32,7 +32,8 @@ flags.DEFINE_float("mpp", None, "Microns per pixel the model reads slides at (de
 flags.DEFINE_float("assume_mpp", None, "Level-0 microns per pixel of slides that record none "
                    "(without it they are reported and skipped).", lower_bound=0)
 flags.DEFINE_integer("tile_size", 1024, "Tile side in pixels at the model's resolution "
-                     "(memory and speed only: results are exact at tile borders).",
+                     "(memory and speed only: tile borders are exact and only locations on "
+                     "tissue are pooled, so score and map do not depend on it).",
                      lower_bound=1)
 flags.DEFINE_float("threshold", 0.0, "GeoJSON regions: locations whose evidence for a needle "
                    "(logit units) is above this.")
@@ -83,6 +84,7 @@ def main(argv):
     _check_output_dir(FLAGS.output_dir)  # before waiting for TensorFlow to load
     from needles_tf.generation.wsi import SlideError
     from needles_tf.serving import slide_predict
+    from needles_tf.serving.slide_files import find_slides
     from needles_tf.serving.slide_model import SlideModelError, load_tile_model
 
     failed = []
@@ -101,7 +103,7 @@ def main(argv):
         tile_size=FLAGS.tile_size, threshold=FLAGS.threshold, heatmap_limit=FLAGS.heatmap_limit,
         readers=FLAGS.readers, prefetch=FLAGS.prefetch, assume_mpp=FLAGS.assume_mpp)
     try:
-        paths = slide_predict.find_slides(items)
+        paths = find_slides(items)
         model = load_tile_model(FLAGS.model, FLAGS.mpp)
         print(f"{PROG}: {len(paths)} slides at {model.mpp:g} um per pixel, tiles of "
               f"{FLAGS.tile_size} pixels", flush=True)

@@ -27,7 +27,7 @@ from needles_tf.models.dtypes import wide_dtype
 from needles_tf.models.normalization import InstanceNormalization
 from needles_tf.models.pooling import flatten_locations
 from needles_tf.models.streamed_pooling import running_pooling
-from needles_tf.models.tiles import Tile, TileGeometry
+from needles_tf.models.tiles import Tile, TileAccumulator, TileGeometry
 
 Window = Sequence  # 8 ints or scalar tensors
 
@@ -99,9 +99,22 @@ class StreamedClassifier:
 
     def state(self, images, win: Window, training: bool = False):
         """The running pooling statistics of one tile."""
-        return self.pooling.tile(flatten_locations(self.embedding(images, win, training)))
+        return self.tile_state(self.embedding(images, win, training))
+
+    def tile_state(self, embedding, locations=None):
+        """The running pooling statistics of a tile's exact embedding [B, rows, cols, c].
+
+        Args:
+          locations: int32 [n] flat (row-major) indices of the locations to pool, n >= 1; the
+            others are left out of the pooling, as if the image had none there (whole-slide
+            prediction pools its tissue only). None: all of them.
+        """
+        flat = flatten_locations(embedding)
+        return self.pooling.tile(flat if locations is None
+                                 else ops.take(flat, locations, axis=1))
 
     def merge(self, a, b):
+        """The statistics of two sets of locations (tiles, or tiles merged already) together."""
         return self.pooling.merge(a, b)
 
     def pooled(self, state):
@@ -109,6 +122,7 @@ class StreamedClassifier:
         return self.pooling.result(state)
 
     def logits(self, pooled):
+        """The classifier's logits [B, classes] of a pooled vector [B, c] (its linear head)."""
         return self.head(pooled)
 
     def surrogate(self, images, win: Window, state, pooled, upstream, training: bool = True):
@@ -132,16 +146,10 @@ class StreamedClassifier:
         """
         height, width = int(images.shape[1]), int(images.shape[2])
         tiles = self.tiles(height, width)
-        state, evidence = None, None
+        done = TileAccumulator(self.merge, (tiles[-1].rows.last, tiles[-1].cols.last), axis=1)
         for tile in (progress(tiles) if progress else tiles):
             embedding = self.embedding(images, window(tile))
-            tile_state = self.pooling.tile(flatten_locations(embedding))
-            state = tile_state if state is None else self.merge(state, tile_state)
-            if with_map:
-                local = ops.convert_to_numpy(self.head(embedding))
-                if evidence is None:
-                    last = tiles[-1]
-                    evidence = np.zeros((local.shape[0], last.rows.last, last.cols.last,
-                                         local.shape[-1]), local.dtype)
-                evidence[:, tile.rows.first:tile.rows.last, tile.cols.first:tile.cols.last] = local
+            done.add(tile, self.tile_state(embedding),
+                     ops.convert_to_numpy(self.head(embedding)) if with_map else None)
+        state, evidence = done.result()
         return self.logits(self.pooled(state)), evidence

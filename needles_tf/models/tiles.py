@@ -10,13 +10,16 @@ whole image. So an axis is cut into spans of embedding locations, each read from
 covers their receptive fields, and the spans' embeddings put side by side are the image's.
 
 This one geometry serves streamed training, large-image prediction and whole-slide prediction
-(design.md: "tile geometry is computed once"). Pure Python integers: no Keras, no TensorFlow.
+(design.md: "tile geometry is computed once"), and `TileAccumulator` is the one loop body they
+share. Pure Python and NumPy: no Keras, no TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
 
 from needles_tf.models.bagnet import (
     EMBEDDING_OFFSET,
@@ -123,3 +126,40 @@ class TileGeometry:
     def tiles(self, height: int, width: int, tile_size: int) -> list[Tile]:
         """Every tile of a height x width image, row by row."""
         return list(self.iter_tiles(height, width, tile_size))
+
+
+class TileAccumulator:
+    """What every tiled pass does with a tile's results: merge its running pooling statistics
+    (models/streamed_pooling.py) into the image's, and place its exact locations' evidence into
+    the image's evidence map. Backend-agnostic: states are whatever `merge` combines.
+
+    Args:
+      merge: combines two states, (a, b) -> state.
+      locations: (rows, cols) of the image's embedding: the map's extent.
+      evidence: the map to fill (a memory-mapped array, say); None: allocated as zeros at the
+        first tile's evidence, of its dtype and its other axes.
+      axis: the position of the rows axis in the map and in each tile's evidence (cols follow);
+        1 where a batch axis comes first.
+    """
+
+    def __init__(self, merge: Callable[[Any, Any], Any], locations: tuple[int, int],
+                 evidence: np.ndarray | None = None, axis: int = 0):
+        self.merge, self.locations, self.evidence, self.axis = merge, locations, evidence, axis
+        self.state: Any = None
+
+    def add(self, tile: Tile, state: Any, evidence: np.ndarray | None = None) -> None:
+        """Merges `tile`'s state; places `evidence` (its exact locations) where given."""
+        self.state = state if self.state is None else self.merge(self.state, state)
+        if evidence is None:
+            return
+        if self.evidence is None:
+            shape = evidence.shape
+            self.evidence = np.zeros((*shape[:self.axis], *self.locations,
+                                      *shape[self.axis + 2:]), evidence.dtype)
+        where = (slice(None),) * self.axis + (slice(tile.rows.first, tile.rows.last),
+                                              slice(tile.cols.first, tile.cols.last))
+        self.evidence[where] = evidence
+
+    def result(self) -> tuple[Any, np.ndarray | None]:
+        """(the merged state of every tile added, the evidence map or None)."""
+        return self.state, self.evidence

@@ -14,9 +14,11 @@ the geometry of models/tiles.py from the collection `k3` (int32 [4], the 3x3 blo
   "tile"    images [N, h, w, C] (one tile), valid int32 [4] (rows begin, end, columns begin,
             end of the exact locations in the tile's embedding)
             -> evidence_map [N, rows, cols, 2] of those locations, state_0 .. state_k
+  "tile_locations"  the same and locations int32 [n >= 1], flat row-major indices into those
+            exact locations: the state pools only them (whole slides pool their tissue only)
   "merge"   a_0 .. a_k, b_0 .. b_k (two tiles' or running states) -> state_0 .. state_k
   "finish"  state_0 .. state_k (all tiles merged) -> probability, logits
-serving/predict.py's `predict_streamed` drives them.
+serving/predict.py's `saved_tile_functions` calls them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from needles_tf.models import (
     min_image_size,
     needle_probability,
 )
-from needles_tf.models.pooling import flatten_locations
 from needles_tf.models.streaming import StreamedClassifier
 
 SIGNATURE = "serving_default"
@@ -86,11 +87,11 @@ def _add_tile_endpoints(archive: keras.export.ExportArchive, classifier: keras.M
     streamed = StreamedClassifier(classifier, StreamedClassifier.any_tile_size(classifier))
     images_spec = tf.TensorSpec([None, None, None, channels], tf.float32, name=INPUT)
 
-    def tile(images, valid):
+    def tile(images, valid, locations=None):
         size = tf.shape(images)
         win = (0, size[1], valid[0], valid[1], 0, size[2], valid[2], valid[3])
         embedding = streamed.embedding(images, win)
-        state = streamed.pooling.tile(flatten_locations(embedding))
+        state = streamed.tile_state(embedding, locations)
         return {"evidence_map": streamed.head(embedding), **_named(state)}
 
     probe = tile(tf.zeros([1, 64, 64, channels]), tf.constant([0, 1, 0, 1]))
@@ -105,8 +106,10 @@ def _add_tile_endpoints(archive: keras.export.ExportArchive, classifier: keras.M
         logits = streamed.logits(streamed.pooled(tuple(state)))
         return {"probability": needle_probability(logits), "logits": logits}
 
-    archive.add_endpoint("tile", tile, input_signature=[
-        images_spec, tf.TensorSpec([4], tf.int32, name="valid")])
+    valid_spec = tf.TensorSpec([4], tf.int32, name="valid")
+    archive.add_endpoint("tile", tile, input_signature=[images_spec, valid_spec])
+    archive.add_endpoint("tile_locations", tile, input_signature=[
+        images_spec, valid_spec, tf.TensorSpec([None], tf.int32, name="locations")])
     archive.add_endpoint("merge", merge, input_signature=[
         tf.TensorSpec(s.shape, s.dtype, name=f"{side}_{i}")
         for side in "ab" for i, s in enumerate(state_specs)])

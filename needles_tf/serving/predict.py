@@ -17,7 +17,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from needles_tf.heatmaps import write_heatmap
-from needles_tf.models.tiles import TileGeometry
+from needles_tf.models.tiles import TileAccumulator, TileGeometry
 from needles_tf.serving.export import INPUT, K3_COLLECTION, MIN_SIZE_COLLECTION, SIGNATURE
 from needles_tf.serving.images import ImageError, fit_channels, read_image
 
@@ -91,6 +91,39 @@ def predict_image(model: ServingModel, image: np.ndarray,
     return float(probability), evidence[..., 1] - evidence[..., 0]
 
 
+def saved_tile_functions(loaded) -> tuple[Callable, Callable, Callable]:
+    """(tile, merge, finish) over a SavedModel's tile endpoints (serving/export.py):
+
+    tile(pixels [h, w, C], valid (4 ints), locations int32 [n] or None: pool all) -> (state,
+    evidence_map [rows, cols, 2] as NumPy); merge(a, b) -> state; finish(state) ->
+    (needle probability, logits [2] as NumPy). A state is a list of tensors.
+    """
+    signatures = loaded.signatures
+
+    def states(out) -> list[tf.Tensor]:
+        return [out[f"state_{i}"] for i in range(sum(k.startswith("state_") for k in out))]
+
+    def tile(pixels, valid, locations=None):
+        inputs = {INPUT: tf.constant(pixels[None], tf.float32),
+                  "valid": tf.constant(valid, tf.int32)}
+        if locations is None:
+            out = signatures["tile"](**inputs)
+        else:
+            out = signatures["tile_locations"](**inputs,
+                                               locations=tf.constant(locations, tf.int32))
+        return states(out), out["evidence_map"][0].numpy()
+
+    def merge(a, b):  # signatures take keywords only
+        return states(signatures["merge"](**{f"a_{i}": v for i, v in enumerate(a)},
+                                          **{f"b_{i}": v for i, v in enumerate(b)}))
+
+    def finish(state):
+        out = signatures["finish"](**{f"state_{i}": v for i, v in enumerate(state)})
+        return float(out["probability"][0]), out["logits"].numpy()[0]
+
+    return tile, merge, finish
+
+
 def predict_streamed(model: ServingModel, image: np.ndarray,
                      tile_size: int) -> tuple[float, np.ndarray]:
     """(probability, evidence map [h, w, 2]) of one image through the export's tile endpoints
@@ -101,28 +134,15 @@ def predict_streamed(model: ServingModel, image: np.ndarray,
         tile below the receptive field.
     """
     check_tile_size(model, tile_size)
-    signatures = model.loaded.signatures
+    tile_step, merge, finish = saved_tile_functions(model.loaded)
     tiles = TileGeometry(model.k3).tiles(image.shape[0], image.shape[1], tile_size)
-    state, evidence = None, None
+    done = TileAccumulator(merge, (tiles[-1].rows.last, tiles[-1].cols.last))
     for tile in tqdm(tiles, desc="tiles", unit="tile", disable=len(tiles) < PROGRESS_TILES,
                      leave=False):
-        out = signatures["tile"](**{
-            INPUT: tf.constant(image[None, tile.rows.start:tile.rows.stop,
-                                     tile.cols.start:tile.cols.stop], tf.float32),
-            "valid": tf.constant([*tile.rows.valid, *tile.cols.valid], tf.int32)})
-        parts = [out[f"state_{i}"] for i in range(len(out) - 1)]
-        if state is not None:  # signatures take keywords only
-            merged = signatures["merge"](**{f"a_{i}": a for i, a in enumerate(state)},
-                                         **{f"b_{i}": b for i, b in enumerate(parts)})
-            parts = [merged[f"state_{i}"] for i in range(len(parts))]
-        state = parts
-        local = out["evidence_map"][0].numpy()
-        if evidence is None:
-            evidence = np.zeros((tiles[-1].rows.last, tiles[-1].cols.last, local.shape[-1]),
-                                np.float32)
-        evidence[tile.rows.first:tile.rows.last, tile.cols.first:tile.cols.last] = local
-    final = signatures["finish"](**{f"state_{i}": part for i, part in enumerate(state)})
-    return float(final["probability"][0]), evidence
+        pixels = image[tile.rows.start:tile.rows.stop, tile.cols.start:tile.cols.stop]
+        done.add(tile, *tile_step(pixels, (*tile.rows.valid, *tile.cols.valid)))
+    state, evidence = done.result()
+    return finish(state)[0], evidence
 
 
 def check_tile_size(model: ServingModel, tile_size: int | None) -> None:

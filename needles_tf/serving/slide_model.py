@@ -2,14 +2,15 @@
 
 A slide is far larger than any image the model saw, so it is cut into tiles (models/tiles.py)
 and each tile gives (a) the evidence of its exact embedding locations and (b) running pooling
-statistics (models/streamed_pooling.py); merged over the slide's tissue tiles, they give the
-model's own pooling over the whole slide: its logits and needle probability.
+statistics (models/streamed_pooling.py) of those among them that lie on tissue; merged over the
+slide's tiles, they give the model's own pooling over the slide's tissue locations: its logits
+and needle probability.
 
 Two sources, one interface (`TileModel`):
 
 * a run directory of needles-train: its best.keras through models/streaming.py's
   StreamedClassifier (the tile step compiled once with tf.function);
-* a SavedModel of needles-export: its "tile", "merge" and "finish" endpoints
+* a SavedModel of needles-export: its "tile_locations", "merge" and "finish" endpoints
   (serving/export.py), with no project model code.
 
 The resolution the model reads at (microns per pixel): `--mpp` when given, else what the run
@@ -30,7 +31,7 @@ import tensorflow as tf
 
 from needles_tf import run_dir
 from needles_tf.data import metadata
-from needles_tf.serving.export import INPUT, MPP_COLLECTION
+from needles_tf.serving.export import MPP_COLLECTION
 
 State = list
 
@@ -41,28 +42,31 @@ class SlideModelError(ValueError):
 
 @dataclasses.dataclass
 class TileModel:
-    """One tile at a time: `tile(pixels, valid)` -> (state, evidence [rows, cols] = class-1
-    minus class-0 evidence of the exact locations); `merge(a, b)`; `finish(state)` ->
-    (needle probability, logits [2])."""
+    """One tile at a time: `tile(pixels, valid, locations)` -> (state of the exact locations
+    at `locations`, int32 flat row-major indices; evidence [rows, cols] = class-1 minus class-0
+    evidence of all the exact locations); `merge(a, b)`; `finish(state)` -> (needle
+    probability, logits [2]). `file`: the model's file (best.keras or saved_model.pb)."""
 
     path: str
+    file: str
     channels: int
     k3: tuple[int, ...]
     mpp: float
-    tile: Callable[[np.ndarray, tuple[int, int, int, int]], tuple[State, np.ndarray]]
+    tile: Callable[[np.ndarray, tuple[int, int, int, int], np.ndarray],
+                   tuple[State, np.ndarray]]
     merge: Callable[[State, State], State]
     finish: Callable[[State], tuple[float, np.ndarray]]
     owner: Any = dataclasses.field(default=None, repr=False)  # holds the variables read
 
 
 def _difference(evidence) -> np.ndarray:
-    evidence = np.asarray(evidence)[0]
+    """[rows, cols, 2] -> class-1 minus class-0 evidence [rows, cols]."""
+    evidence = np.asarray(evidence)
     return evidence[..., 1] - evidence[..., 0]
 
 
 def _keras_functions(classifier) -> tuple[Callable, Callable, Callable]:
     from needles_tf.models import classifier_k3, needle_probability
-    from needles_tf.models.pooling import flatten_locations
     from needles_tf.models.streaming import StreamedClassifier
     from needles_tf.models.tiles import TileGeometry
 
@@ -70,15 +74,16 @@ def _keras_functions(classifier) -> tuple[Callable, Callable, Callable]:
                                   TileGeometry(classifier_k3(classifier)).min_tile_size)
 
     @tf.function(reduce_retracing=True)
-    def step(images, valid):
+    def step(images, valid, locations):
         size = tf.shape(images)
         embedding = streamed.embedding(images, (0, size[1], valid[0], valid[1],
                                                 0, size[2], valid[2], valid[3]))
-        return streamed.pooling.tile(flatten_locations(embedding)), streamed.head(embedding)
+        return streamed.tile_state(embedding, locations), streamed.head(embedding)
 
-    def tile(pixels, valid):
-        state, evidence = step(tf.constant(pixels[None]), tf.constant(valid, tf.int32))
-        return list(state), _difference(evidence)
+    def tile(pixels, valid, locations):
+        state, evidence = step(tf.constant(pixels[None]), tf.constant(valid, tf.int32),
+                               tf.constant(locations, tf.int32))
+        return list(state), _difference(evidence[0])
 
     def finish(state):
         logits = streamed.logits(streamed.pooled(tuple(state)))
@@ -88,23 +93,13 @@ def _keras_functions(classifier) -> tuple[Callable, Callable, Callable]:
 
 
 def _saved_functions(loaded) -> tuple[Callable, Callable, Callable]:
-    signatures = loaded.signatures
+    from needles_tf.serving.predict import saved_tile_functions
 
-    def states(out) -> State:
-        return [out[f"state_{i}"] for i in range(sum(k.startswith("state_") for k in out))]
+    tile_step, merge, finish = saved_tile_functions(loaded)
 
-    def tile(pixels, valid):
-        out = signatures["tile"](**{INPUT: tf.constant(pixels[None]),
-                                    "valid": tf.constant(valid, tf.int32)})
-        return states(out), _difference(out["evidence_map"])
-
-    def merge(a, b):  # signatures take keywords only
-        return states(signatures["merge"](**{f"a_{i}": v for i, v in enumerate(a)},
-                                          **{f"b_{i}": v for i, v in enumerate(b)}))
-
-    def finish(state):
-        out = signatures["finish"](**{f"state_{i}": v for i, v in enumerate(state)})
-        return float(out["probability"][0]), out["logits"].numpy()[0]
+    def tile(pixels, valid, locations):
+        state, evidence = tile_step(pixels, valid, locations)
+        return state, _difference(evidence)
 
     return tile, merge, finish
 
@@ -138,16 +133,18 @@ def load_tile_model(path: str, mpp: float | None = None) -> TileModel:
     """
     from needles_tf.models import classifier_k3
 
-    saved = os.path.isfile(os.path.join(path, "saved_model.pb"))
+    saved_file = os.path.join(path, "saved_model.pb")
+    saved = os.path.isfile(saved_file)
     try:
         if saved:
             from needles_tf.serving.predict import load_serving_model
 
             serving = load_serving_model(path)
-            if serving.k3 is None:
-                raise SlideModelError(f"{path}: this SavedModel has no tile endpoints (a model "
-                                      "with instance normalisation, or an older export); "
-                                      "export it again with needles-export")
+            if serving.k3 is None or "tile_locations" not in serving.loaded.signatures:
+                raise SlideModelError(f"{path}: this SavedModel has no tile endpoints that pool "
+                                      "tissue locations only (a model with instance "
+                                      "normalisation, or an older export); export it again "
+                                      "with needles-export")
             channels, k3, functions = serving.channels, serving.k3, _saved_functions(
                 serving.loaded)
             keep: Any = serving
@@ -167,4 +164,5 @@ def load_tile_model(path: str, mpp: float | None = None) -> TileModel:
         raise SlideModelError(f"{path}: the model's resolution is unknown (its training data "
                               "records no crop_mpp: nMNIST, or nCAMELYON made before "
                               "resolutions were recorded); pass --mpp=MICRONS_PER_PIXEL")
-    return TileModel(path, int(channels), tuple(k3), float(found), *functions, owner=keep)
+    return TileModel(path, saved_file if saved else os.path.join(path, run_dir.BEST_MODEL),
+                     int(channels), tuple(k3), float(found), *functions, owner=keep)

@@ -3,14 +3,21 @@
 Per slide `<name>` in the output directory (every file written atomically; the record last):
 
   <name>.evidence.npy   float32 [h, w]: evidence for a needle (class-1 minus class-0 logit of
-                        the linear head) at every embedding location; NaN where no tile was
-                        computed (no tissue). Location (i, j) is centred on level-0 point
-                        (origin + j * downsample, origin + i * downsample).
+                        the linear head) at every embedding location on tissue; NaN off it.
+                        Location (i, j) is centred on level-0 point (origin + j * downsample,
+                        origin + i * downsample): origin = 1.5 x the model's pixel, downsample
+                        = 8 x it (pixel 1 + 8 i at the model's resolution, its centre).
   <name>.heatmap.tif    that map in colour (red for, blue against a needle, white none; full
                         colour at the record's colour_limit) as a
                         tiled pyramidal TIFF, one pixel per location, with its resolution
                         (downsample x the slide's um per pixel): the slide's geometry at a
-                        known downsample; openslide, QuPath and ASAP open it.
+                        known downsample; openslide, QuPath and ASAP open it. A TIFF has no
+                        sub-pixel origin: its pixel i spans level-0 [i d, (i + 1) d), centre
+                        (i + 1/2) d with d = downsample, while location i is centred at
+                        origin + i d = (8 i + 1.5) model pixels, 2.5 model pixels (5/16 of a
+                        heatmap pixel) before that centre: drawn over the slide, the heatmap
+                        sits about a third of one of its pixels right and down of the
+                        evidence it shows. The .npy and GeoJSON use the exact centres.
   <name>.thumbnail.png  the slide at low resolution, the evidence for a needle in red over its
                         tissue.
   <name>.geojson        the regions whose evidence is above the threshold, as polygons in
@@ -39,6 +46,7 @@ CSV_NAME = "slides.csv"
 CSV_COLUMNS = ("slide", "path", "probability", "score", "logit_0", "logit_1", "tiles",
                "tissue_mm2", "mpp", "slide_mpp", "seconds", "error")
 STRIP = 256  # map rows coloured at a time
+THUMBNAIL = 1024  # the thumbnail's longer side, at most
 COLORMAP = "RdBu_r"
 BACKGROUND = 255  # no tissue: white
 
@@ -81,6 +89,30 @@ def write_heatmap_tiff(path: str, evidence: np.ndarray, mpp: float | None, scrat
     for y in range(0, evidence.shape[0], STRIP):
         rgb[y:y + STRIP] = colour(evidence[y:y + STRIP], limit)
     pyramid_tiff.write_pyramidal_tiff(path, rgb, mpp=mpp, scratch=scratch)
+
+
+def thumbnail_layers(low: np.ndarray, mask: np.ndarray, low_downsample: float,
+                     evidence: np.ndarray, origin: float, step: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, tissue, heat) for `write_thumbnail`, at most THUMBNAIL pixels on a side, from
+    the low-resolution image and tissue mask (`low_downsample` level-0 pixels per pixel): heat
+    is the evidence of the location nearest each pixel's centre (NaN where none); origin and
+    step place the locations in level-0 pixels."""
+    from PIL import Image
+
+    scale = max(1.0, max(low.shape[:2]) / THUMBNAIL)
+    size = (max(1, round(low.shape[1] / scale)), max(1, round(low.shape[0] / scale)))
+    image = np.asarray(Image.fromarray(low).resize(size, Image.Resampling.LANCZOS))
+    tissue_small = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    downsample = low_downsample * low.shape[1] / size[0]  # level-0 pixels per thumbnail pixel
+
+    def nearest(count: int, locations: int) -> np.ndarray:
+        centres = (np.arange(count) + 0.5) * downsample
+        return np.clip(np.rint((centres - origin) / step), 0, locations - 1).astype(int)
+
+    rows, cols = nearest(size[1], evidence.shape[0]), nearest(size[0], evidence.shape[1])
+    heat = np.asarray(evidence[rows][:, cols], np.float32)
+    return image, tissue_small, heat
 
 
 def write_thumbnail(path: str, image: np.ndarray, tissue: np.ndarray, heat: np.ndarray,

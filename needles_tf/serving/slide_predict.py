@@ -4,15 +4,17 @@ Per slide:
 
 1. The slide is read at the model's resolution (serving/slide_model.py: the mpp its training
    data had) through generation/wsi.py: the pyramid level at or finer than it, resampled.
-2. Tissue at low resolution (generation/tissue.py: Otsu on saturation); the tiles of
-   models/tiles.py over the whole slide are kept where their exact locations' centres meet the
-   tissue (grown by one low-resolution pixel), so glass is never read.
+2. Tissue at low resolution (generation/tissue.py: Otsu on saturation), grown by one
+   low-resolution pixel: an embedding location is on tissue when its centre (pixel
+   EMBEDDING_OFFSET + EMBEDDING_STRIDE * i at the model's resolution) falls in it. The tiles of
+   models/tiles.py with a tissue location are kept, so glass is never read.
 3. Tiles are read by `readers` threads up to `prefetch` tiles ahead of the model (openslide
    and Pillow release the GIL, TensorFlow too), so reading overlaps computing. Each tile gives
-   its exact locations' evidence, written into a memory-mapped map, and running pooling
-   statistics, merged: the model's own pooling over every location of the tissue tiles gives
-   the slide's logits and needle probability. Tile borders are exact (margins cover the
-   receptive field), so the map equals what one whole-image pass over those tiles would give.
+   the evidence of its tissue locations (NaN elsewhere), written into a memory-mapped map, and
+   the running pooling statistics of those locations only, merged (models/tiles.py's
+   TileAccumulator): the slide's logits and needle probability are the model's own pooling
+   over exactly the slide's tissue locations. Tile borders are exact (margins cover the
+   receptive field), so neither score nor map depends on the tile size.
 4. Outputs (serving/slide_outputs.py): evidence map, pyramidal heatmap TIFF, thumbnail,
    GeoJSON regions, the record (written last: a slide with a record is finished).
 
@@ -33,7 +35,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import re
 import shutil
@@ -48,16 +49,13 @@ from needles_tf import atomic
 from needles_tf.generation import tissue, wsi
 from needles_tf.generation.camelyon import slide_name
 from needles_tf.models.bagnet import EMBEDDING_OFFSET, EMBEDDING_STRIDE, embedding_size
-from needles_tf.models.tiles import Tile, TileGeometry
+from needles_tf.models.tiles import Tile, TileAccumulator, TileGeometry
 from needles_tf.serving import slide_outputs as outputs
 from needles_tf.serving.images import fit_channels
 from needles_tf.serving.slide_model import SlideModelError, TileModel
 
 KIND = "needles_tf slide prediction"
-THUMBNAIL = 1024  # the thumbnail's longer side, at most
 SCRATCH = ".scratch-"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
-                  ".svslide", ".bif")
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +65,9 @@ class SlideSettings:
     """How slides are predicted.
 
     Attributes:
-      tile_size: tile side in pixels at the model's resolution (memory and speed; not the
-        results, which are exact at tile borders).
+      tile_size: tile side in pixels at the model's resolution (memory and speed only: tile
+        borders are exact and only tissue locations are pooled, so the results do not depend
+        on it).
       threshold: GeoJSON regions are the locations whose evidence is above it (logit units).
       heatmap_limit: evidence drawn in full colour in heatmap and thumbnail (default: each
         slide's largest |evidence|; give one to compare slides by eye).
@@ -84,10 +83,12 @@ class SlideSettings:
     assume_mpp: float | None = None
 
     def key(self, model: TileModel) -> dict[str, Any]:
-        """What a finished slide's results depend on (a rerun with others recomputes it)."""
-        return {"model": os.path.abspath(model.path), "mpp": model.mpp,
-                "threshold": self.threshold, "heatmap_limit": self.heatmap_limit,
-                "assume_mpp": self.assume_mpp}
+        """What a finished slide's results depend on (a rerun with others recomputes it): the
+        model's path and file (size, mtime: a model retrained into the same run directory is
+        another model), resolution and these settings but tile_size, which changes no result."""
+        return {"model": os.path.abspath(model.path), "model_file": _file_key(model.file),
+                "mpp": model.mpp, "threshold": self.threshold,
+                "heatmap_limit": self.heatmap_limit, "assume_mpp": self.assume_mpp}
 
 
 def _read_ahead(read: Callable[[Tile], np.ndarray], tiles: Iterable[Tile], readers: int,
@@ -116,45 +117,28 @@ def _read_ahead(read: Callable[[Tile], np.ndarray], tiles: Iterable[Tile], reade
                 future.cancel()
 
 
-def _tissue_tiles(geometry: TileGeometry, grid: wsi.Level, tile_size: int, mask: np.ndarray,
-                  mask_downsample: float) -> list[Tile]:
-    """The tiles whose exact locations' centres (level-0 bounding box) meet `mask` grown by
-    one pixel."""
-    from scipy import ndimage
+class _TissueLocations:
+    """Which embedding locations of a slide lie on tissue: those whose centre falls in `mask`
+    grown by one pixel (module docstring)."""
 
-    grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool))
-    step = EMBEDDING_STRIDE * grid.downsample
-    origin = (EMBEDDING_OFFSET + 0.5) * grid.downsample
+    def __init__(self, grid: wsi.Level, shape: tuple[int, int], mask: np.ndarray,
+                 mask_downsample: float):
+        from scipy import ndimage
 
-    def cells(first: int, last: int, size: int) -> slice:
-        lo = math.floor((origin + first * step) / mask_downsample)
-        hi = math.floor((origin + (last - 1) * step) / mask_downsample)
-        return slice(min(max(lo, 0), size - 1), min(max(hi, 0), size - 1) + 1)
+        self.grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool))
+        step = EMBEDDING_STRIDE * grid.downsample
+        origin = (EMBEDDING_OFFSET + 0.5) * grid.downsample  # level-0 coordinates
 
-    return [tile for tile in geometry.iter_tiles(grid.height, grid.width, tile_size)
-            if grown[cells(tile.rows.first, tile.rows.last, grown.shape[0]),
-                     cells(tile.cols.first, tile.cols.last, grown.shape[1])].any()]
+        def cells(locations: int, size: int) -> np.ndarray:
+            centres = origin + np.arange(locations) * step
+            return np.clip(np.floor(centres / mask_downsample).astype(int), 0, size - 1)
 
+        self.rows, self.cols = (cells(n, size) for n, size in zip(shape, self.grown.shape))
 
-def _thumbnail(low: np.ndarray, mask: np.ndarray, low_downsample: float, evidence: np.ndarray,
-               origin: float, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image, tissue, heat) at most THUMBNAIL pixels on a side: the evidence of the location
-    nearest each pixel's centre (NaN where none)."""
-    from PIL import Image
-
-    scale = max(1.0, max(low.shape[:2]) / THUMBNAIL)
-    size = (max(1, round(low.shape[1] / scale)), max(1, round(low.shape[0] / scale)))
-    image = np.asarray(Image.fromarray(low).resize(size, Image.Resampling.LANCZOS))
-    tissue_small = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
-    downsample = low_downsample * low.shape[1] / size[0]  # level-0 pixels per thumbnail pixel
-
-    def nearest(count: int, locations: int) -> np.ndarray:
-        centres = (np.arange(count) + 0.5) * downsample
-        return np.clip(np.rint((centres - origin) / step), 0, locations - 1).astype(int)
-
-    rows, cols = nearest(size[1], evidence.shape[0]), nearest(size[0], evidence.shape[1])
-    heat = np.asarray(evidence[rows][:, cols], np.float32)
-    return image, tissue_small, heat
+    def of(self, tile: Tile) -> np.ndarray:
+        """bool [rows, cols]: which of `tile`'s exact locations lie on tissue."""
+        return self.grown[np.ix_(self.rows[tile.rows.first:tile.rows.last],
+                                 self.cols[tile.cols.first:tile.cols.last])]
 
 
 def predict_slide(model: TileModel, path: str, out_dir: str,
@@ -179,8 +163,9 @@ def predict_slide(model: TileModel, path: str, out_dir: str,
         if min(shape) < 1:
             raise wsi.SlideError(f"{path}: {grid.width} x {grid.height} pixels at {model.mpp} "
                                  "um are too few for the model")
-        tiles = _tissue_tiles(TileGeometry(model.k3), grid, settings.tile_size, mask,
-                              low_level.downsample)
+        tissue_at = _TissueLocations(grid, shape, mask, low_level.downsample)
+        tiles = [tile for tile in TileGeometry(model.k3).iter_tiles(
+            grid.height, grid.width, settings.tile_size) if tissue_at.of(tile).any()]
         if not tiles:
             raise wsi.SlideError(f"{path}: no tissue found (saturation rule of "
                                  "generation/tissue.py); nothing to predict")
@@ -197,18 +182,19 @@ def predict_slide(model: TileModel, path: str, out_dir: str,
                                          tile.cols.size, tile.rows.size, path)
                 return fit_channels(pixels.astype(np.float32) / 255, model.channels, path)
 
-            state, loop_start, waited = None, time.time(), []
+            done = TileAccumulator(model.merge, shape, evidence)
+            loop_start, waited = time.time(), []
             bar = tqdm(total=len(tiles), desc=name, unit="tile", disable=not progress,
                        leave=False)
             with bar:
                 for tile, pixels in _read_ahead(read, tiles, settings.readers,
                                                 settings.prefetch, waited):
-                    part, local = model.tile(pixels, (*tile.rows.valid, *tile.cols.valid))
-                    state = part if state is None else model.merge(state, part)
-                    evidence[tile.rows.first:tile.rows.last,
-                             tile.cols.first:tile.cols.last] = local
+                    inside = tissue_at.of(tile)
+                    part, local = model.tile(pixels, (*tile.rows.valid, *tile.cols.valid),
+                                             np.flatnonzero(inside))
+                    done.add(tile, part, np.where(inside, local, np.nan))
                     bar.update()
-            probability, logits = model.finish(state)
+            probability, logits = model.finish(done.result()[0])
             tile_seconds = time.time() - loop_start
             evidence.flush()
             del evidence
@@ -218,8 +204,8 @@ def predict_slide(model: TileModel, path: str, out_dir: str,
         outputs.write_heatmap_tiff(outputs.path_of(out_dir, name, "heatmap.tif"), evidence,
                                    heatmap_mpp, scratch, limit)
         outputs.write_thumbnail(outputs.path_of(out_dir, name, "thumbnail.png"),
-                                *_thumbnail(low, mask, low_level.downsample, evidence, origin,
-                                            step), limit)
+                                *outputs.thumbnail_layers(low, mask, low_level.downsample,
+                                                          evidence, origin, step), limit)
         regions = outputs.regions_geojson(evidence, settings.threshold, step, origin,
                                           slide.dimensions, name)
         atomic.write_json(outputs.path_of(out_dir, name, "geojson"), regions)
@@ -270,33 +256,6 @@ def _remove_stale_scratch(out_dir: str) -> None:
         found = re.match(re.escape(SCRATCH) + r"(\d+)-", entry)
         if found and not atomic.process_alive(int(found.group(1))):
             shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
-
-
-def find_slides(inputs: Iterable[str]) -> list[str]:
-    """Slide files from files and directories (searched recursively for SLIDE_SUFFIXES).
-
-    Raises:
-      wsi.SlideError: an input that does not exist, or two slides with the same name (their
-        outputs would collide).
-    """
-    found = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(SLIDE_SUFFIXES)]
-        elif os.path.isfile(item):
-            found.append(item)
-        else:
-            raise wsi.SlideError(f"{item}: no such file or directory")
-    names: dict[str, str] = {}
-    for path in found:
-        other = names.setdefault(slide_name(path), path)
-        if other != path:
-            raise wsi.SlideError(f"{path}: a second slide named {slide_name(path)!r} (also "
-                                 f"{other}); outputs are named by slide, so names must differ")
-    return found
 
 
 def predict_slides(model: TileModel, paths: Iterable[str], out_dir: str,
