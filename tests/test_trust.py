@@ -64,9 +64,9 @@ def test_resume_refusal_and_overwrite_of_a_run(data_dir, tmp_path, monkeypatch):
         train(tiny(data_dir, model_dir, epochs=1), verbose=0)
     batches = []
 
-    def recording(model, data, split, batch_size):
+    def recording(model, data, split, batch_size, *rest):
         batches.append(batch_size)
-        return real_evaluate(model, data, split, batch_size)
+        return real_evaluate(model, data, split, batch_size, *rest)
 
     real_evaluate = run_data.evaluate
     monkeypatch.setattr(run_data, "evaluate", recording)
