@@ -11,7 +11,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from needles_tf import run_dir
+from needles_tf import atomic, run_dir
 from needles_tf.bin import native_log
 
 # Set by Ctrl-C; long work checks it between steps (needles-train after every batch).
@@ -40,6 +40,18 @@ def warn_if_unfinished(model_dir: str) -> None:
     warning = run_dir.unfinished_warning(model_dir)
     if warning:
         print(warning, file=sys.stderr)
+
+
+def show_and_write_json(prog: str, text: str, result: dict, output: str, what: str) -> None:
+    """Prints `text` (a result's summary), then writes `result` atomically to `output` as JSON:
+    printed first, the figures are seen even where the write fails (a full or read-only disk),
+    which exits with one line naming the file."""
+    print(text, flush=True)
+    try:
+        atomic.write_json(output, result)
+    except OSError as e:
+        sys.exit(f"{prog}: error: {what} not written to {output}: {e.strerror}")
+    print(f"{what} written to {output}")
 
 
 def _adopt_help(module_name: str) -> None:

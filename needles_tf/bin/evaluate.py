@@ -10,7 +10,7 @@ import sys
 
 from absl import flags
 
-from needles_tf import atomic, run_dir
+from needles_tf import run_dir
 from needles_tf.bin import common
 from needles_tf.data import metadata
 
@@ -54,12 +54,7 @@ def main(argv):
         result = {"model_dir": FLAGS.model_dir, **result}
     except (run_dir.RunDirError, metadata.DatasetError, ValueError, OSError) as e:
         sys.exit(f"needles-evaluate: error: {e}")
-    print(_format(result), flush=True)  # before writing: the metrics are seen even if that fails
-    try:
-        atomic.write_json(output, result)
-    except OSError as e:
-        sys.exit(f"needles-evaluate: error: metrics not written to {output}: {e.strerror}")
-    print(f"metrics written to {output}")
+    common.show_and_write_json("needles-evaluate", _format(result), result, output, "metrics")
 
 
 def run():

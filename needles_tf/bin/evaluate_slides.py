@@ -15,7 +15,6 @@ import sys
 
 from absl import flags
 
-from needles_tf import atomic
 from needles_tf.bin import common
 from needles_tf.generation import camelyon
 
@@ -87,12 +86,7 @@ def main(argv):
                                  FLAGS.seed, FLAGS.confidence, FLAGS.min_distance)
     except (LabelError, camelyon.SlideError, ValueError, OSError) as e:
         sys.exit(f"{PROG}: error: {e}")
-    print(_format(result), flush=True)
-    try:
-        atomic.write_json(output, result)
-    except OSError as e:
-        sys.exit(f"{PROG}: error: results not written to {output}: {e.strerror}")
-    print(f"results written to {output}")
+    common.show_and_write_json(PROG, _format(result), result, output, "results")
 
 
 def run():
