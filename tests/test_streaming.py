@@ -41,8 +41,14 @@ def _whole_and_streamed(model, streamed, images, labels):
     return whole(), tiled()
 
 
-@pytest.mark.parametrize("rf", sorted(CASES))
-@pytest.mark.parametrize("pooling", ["max", "mean", "logsumexp", "attention"])
+# Every pooling at RF 9 and 33; at RF 177 (wide margins, slow to trace) the geometry does not
+# depend on the pooling: max (tie counts) and attention (score weights) stand for the four.
+POOLINGS_BY_RF = {9: ["max", "mean", "logsumexp", "attention"],
+                  33: ["max", "mean", "logsumexp", "attention"], 177: ["max", "attention"]}
+
+
+@pytest.mark.parametrize("rf,pooling", [(rf, pooling) for rf in sorted(CASES)
+                                        for pooling in POOLINGS_BY_RF[rf]])
 def test_streamed_logits_and_gradients_equal_the_whole_images(rf, pooling):
     """Odd sizes, tiles that do not divide the image, a tile just above the minimum."""
     _, height, width, extra = CASES[rf]
