@@ -57,6 +57,25 @@ def test_o2i_limit(accuracies, outcome):
     assert judge(few, C1).outcome == INCONCLUSIVE  # a ladder too short
 
 
+@pytest.mark.parametrize("accuracies", [(0.9, 0.8, 0.7, 0.52), (0.9, 0.7, 0.8, 0.52)])
+def test_no_verdict_rests_on_cells_cut_off_while_improving(accuracies):
+    """A cell whose seeds mostly stopped at the cap, not fit, with their best validation epoch
+    the last makes a reproduced or a contradicted claim inconclusive; a plateau does not."""
+    def with_stop(best_epoch, stopped=(0, 1, 2)):
+        rows = ladder(accuracies, fits=False, stop_reason="cap", best_epoch=3, stopped_epoch=12)
+        for row in rows:
+            if row["o2i"] == LADDER[1] and row["seed"] in stopped:
+                row.update(best_epoch=best_epoch)
+        return table(rows)
+
+    plain = judge(table(ladder(accuracies, fits=False)), C1).outcome
+    assert plain != INCONCLUSIVE
+    assert judge(with_stop(best_epoch=12), C1).outcome == INCONCLUSIVE
+    assert f"{LADDER[1]:.3g} %" in judge(with_stop(best_epoch=12), C1).checks[-1][0]
+    assert judge(with_stop(best_epoch=7), C1).outcome == plain  # stopped on a plateau
+    assert judge(with_stop(best_epoch=12, stopped=(0,)), C1).outcome == plain  # 1 seed of 3
+
+
 C2 = {"rule": "more_helps", "setting": "train_size", "min_size_thresholds": [0.7, 0.85]}
 
 
@@ -185,6 +204,8 @@ def test_findings_md_from_a_results_table(tmp_path):
     assert outcomes["C1"] == REPRODUCED and outcomes["C3"] == INCONCLUSIVE
     assert "| C1 | accuracy is high at large O2I" in text and "**reproduced**" in text
     assert "[x] largest O2I 19.1 %: mean 0.900 >= 0.85" in text
+    assert "- Changed after the study began: 2026-12-04, before any noise run" in text  # C6
+    assert "[x] no cell read has most seeds cut off" in text
     assert "## Every cell" in text and "3 / 0" in text and "5.0 / 6.0 (10)" in text
     assert "Not measured here" in text and "flags/experiments/receptive_field.toml" in text
     assert "![Fig. 4](fig4.png)" in text and (tmp_path / "out" / "fig4.png").exists()

@@ -9,7 +9,9 @@ and the conventions every verdict rule shares (experiments/verdicts.py).
   mean_a - mean_b > sd_a + sd_b (their mean +- sd intervals do not overlap); a difference of
   two differences must exceed the four spreads added;
 - informative O2I: where some cell's mean test accuracy reaches `informative` (default 0.6);
-  below, every setting is near chance and there is nothing to compare.
+  below, every setting is near chance and there is nothing to compare;
+- cut off while improving: a run stopped at its epoch cap, not fit, whose best validation epoch
+  was its last; no verdict rests on a cell where most seeds were (experiments/verdicts.judge).
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ from needles_tf.experiments.results import SETTINGS, hold_fixed
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 Check = tuple[str, bool]  # what was checked (with its numbers), whether it holds
+CUT_OFF = "cut off improving"  # view's column: seeds stopped at the cap while still improving
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """A metric over the seeds of one configuration: mean, standard deviation, seeds, and how
-    many of them fit their training set."""
+    """A metric over the seeds of one configuration: mean, standard deviation, seeds, how many
+    of them fit their training set and how many were cut off while improving."""
 
     mean: float
     sd: float
     n: int
     fitted: int = 0
+    cut_off: int = 0
 
     def exceeds(self, other: Cell) -> bool:
         """Whether this cell's mean is above the other's by more than their spreads."""
@@ -56,18 +60,36 @@ def cells(rows: pd.DataFrame, keys: list[str], metric: str) -> dict[tuple, Cell]
         series = group[metric].astype(float)
         out[values] = Cell(float(series.mean()),
                            float(series.std()) if len(series) > 1 else 0.0, len(series),
-                           int(group["fits"].astype(bool).sum()))
+                           int(group["fits"].astype(bool).sum()), int(cut_off(group).sum()))
     return out
 
 
+def cut_off(rows: pd.DataFrame) -> pd.Series:
+    """Runs stopped at their epoch cap without fitting whose best validation epoch was their
+    last: still improving when stopped."""
+    return ((rows["stop_reason"] == "cap") & ~rows["fits"].astype(bool)
+            & (rows["best_epoch"] >= rows["stopped_epoch"]))
+
+
 def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame:
-    """The cells as a table for findings.md: keys, metric (mean ± sd), seeds, seeds that fit."""
+    """The cells as a table for findings.md: keys, metric (mean ± sd), seeds, seeds that fit,
+    seeds cut off while improving."""
     def shown(key, value):
         return f"{value:.3g} %" if key == "o2i" else value
 
     return pd.DataFrame([{**{key: shown(key, v) for key, v in zip(keys, k)}, metric: c.text(),
-                          "seeds": c.n, "fit": f"{c.fitted}/{c.n}"} for k, c in table.items()],
-                        columns=[*keys, metric, "seeds", "fit"])
+                          "seeds": c.n, "fit": f"{c.fitted}/{c.n}", CUT_OFF: c.cut_off}
+                         for k, c in table.items()],
+                        columns=[*keys, metric, "seeds", "fit", CUT_OFF])
+
+
+def unsettled(shown: pd.DataFrame) -> list[str]:
+    """The rows of a rule's table (view) where most seeds were cut off while improving."""
+    if shown.empty or CUT_OFF not in shown:
+        return []
+    keys = [c for c in shown.columns if c not in (CUT_OFF, "seeds", "fit")][:-1]
+    return [" ".join(str(row[k]) for k in keys) for _, row in shown.iterrows()
+            if 2 * row[CUT_OFF] > row["seeds"]]
 
 
 def enough_seeds(table: dict[tuple, Cell], p: dict) -> bool:

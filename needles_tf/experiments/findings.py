@@ -1,8 +1,9 @@
 """findings.md: the verdict on each claim of a study's definitions, with the numbers behind it.
 
 For each definition with a [verdict] table (experiments/verdicts.py): the claim, the paper's
-figure, our setting (the definition's description), the verdict, the checks with their numbers
-and the cells (mean ± standard deviation over seeds, seeds that fit), and the report's figure;
+figure, our setting (the definition's description), changes made after the study began (the
+[verdict] table's `changes`), the verdict, the checks with their numbers and the cells (mean ±
+standard deviation over seeds, seeds that fit, seeds cut off while improving), the figure;
 then, per cell of the study, how many seeds fit and how the runs stopped (best epoch against
 the cap); then the paper's nCAMELYON claims, which need CAMELYON slides, with the definitions
 that would measure them.
@@ -45,7 +46,11 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
              "(flags/experiments/findings/ for the miniature study); `needles-report "
              "--claims=DIR` computes the verdicts from results.csv alone. A difference counts "
              "only beyond the seeds' spread (mean ± standard deviation intervals that do not "
-             "overlap).", "", "| claim | paper | figure | verdict |", "|---|---|---|---|"]
+             "overlap). No verdict rests on runs cut off while still improving: where most "
+             "seeds of a cell the rule reads stopped at the epoch cap, not fit, with their best "
+             "validation epoch the last, the verdict is inconclusive. 'fit': training accuracy "
+             ">= 99 % within the cap.", "",
+             "| claim | paper | figure | verdict |", "|---|---|---|---|"]
     for member, verdict in judged:
         lines.append(f"| {verdict.claim} | {member.verdict.get('paper', '')} | "
                      f"{member.verdict.get('figure', '')} | **{verdict.outcome}** |")
@@ -56,7 +61,9 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
                   f"- Our setting: {member.description} (`{os.path.basename(member.path)}`)",
                   f"- Rule: `{member.verdict.get('rule')}` "
                   + ", ".join(f"{k} = {v}" for k, v in member.verdict.items()
-                              if k not in ("claim", "paper", "figure", "rule")),
+                              if k not in ("claim", "paper", "figure", "rule", "changes")),
+                  *[f"- Changed after the study began: {change}"
+                    for change in member.verdict.get("changes", [])],
                   f"- Verdict: **{verdict.outcome}**", ""]
         lines += [f"  - [{'x' if ok else ' '}] {text}" for text, ok in verdict.checks]
         if not verdict.cells.empty:

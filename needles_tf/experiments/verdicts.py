@@ -4,8 +4,8 @@ Each claim's definition (e.g. flags/experiments/findings/c1_o2i.toml) fixes its 
 runs in a [verdict] table: `claim` (C1 ...), `paper` (the claim), `figure`, `rule` (a name in
 RULES) and the rule's numbers. A rule reads only the results table, so the same definitions
 judge a miniature study and the paper's full-scale one. Conventions (rows held fixed, cells,
-"beyond the spread", informative O2I): experiments/cells.py. Each rule returns its outcome,
-the checks behind it and the cells it read.
+"beyond the spread", informative O2I, cut off while improving): experiments/cells.py. Each rule
+returns its outcome, the checks behind it and the cells it read.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from needles_tf.experiments.cells import (
     held_rows,
     informative_o2i,
     listed,
+    unsettled,
     view,
 )
 from needles_tf.experiments.results import minimum_train_size
@@ -236,4 +237,10 @@ def judge(results: pd.DataFrame, verdict: dict[str, Any]) -> Verdict:
         raise ValueError(f"verdict rule {verdict.get('rule')!r} is unknown; expected one of "
                          f"{sorted(RULES)}")
     outcome, checks, table = rule(results, verdict)
+    if not table.empty:  # the issue's condition on every claim, checked after the rule's own
+        cut = unsettled(table)
+        checks = [*checks, ("no cell read has most seeds cut off at the cap while improving "
+                            "(best validation epoch = last; such cells: "
+                            f"{', '.join(cut) or 'none'})", not cut)]
+        outcome = INCONCLUSIVE if cut else outcome
     return Verdict(verdict.get("claim", ""), outcome, checks, table)
