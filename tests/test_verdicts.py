@@ -196,6 +196,7 @@ def test_findings_md_from_a_results_table(tmp_path):
                  cell(4.79, 0.6, pooling="mean"))
     rows["stop_reason"], rows["stopped_epoch"], rows["best_epoch"] = "fit", 6, 5
     rows["epochs"] = 10
+    rows.loc[rows["pooling"] == "mean", "epoch_cap"] = 40  # scaled up: a smaller training set
     members = load_members(FINDINGS)
     written = write_report(str(tmp_path), str(tmp_path / "out"), say=lambda _: None,
                            results=rows, claims=members)
@@ -207,6 +208,7 @@ def test_findings_md_from_a_results_table(tmp_path):
     assert "- Changed after the study began: 2026-12-04, before any noise run" in text  # C6
     assert "[x] no cell read has most seeds cut off" in text
     assert "## Every cell" in text and "3 / 0" in text and "5.0 / 6.0 (10)" in text
+    assert "5.0 / 6.0 (40)" in text  # the cap the run was given, else --epochs
     assert "Not measured here" in text and "flags/experiments/receptive_field.toml" in text
     assert "![Fig. 4](fig4.png)" in text and (tmp_path / "out" / "fig4.png").exists()
     # from the written results.csv alone: the same verdicts

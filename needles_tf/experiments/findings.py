@@ -16,6 +16,7 @@ import os
 import pandas as pd
 
 from needles_tf import atomic
+from needles_tf.experiments.cells import CUT_OFF, cut_off
 from needles_tf.experiments.definition import Experiment
 from needles_tf.experiments.results import SETTINGS, markdown_table
 from needles_tf.experiments.verdicts import Verdict, judge
@@ -83,17 +84,23 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
 
 def stop_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per configuration: seeds, seeds that fit, runs stopped by the fit rule / at the cap,
-    mean best epoch and mean last epoch against the cap (epochs)."""
+    mean best epoch and mean last epoch against the cap (epochs), runs cut off while
+    improving."""
     varying = [k for k in SETTINGS if k != "epochs" and results[k].astype(str).nunique() > 1]
     keys = ["dataset", *varying]
+    given = results.get("epoch_cap", pd.Series(index=results.index, dtype=float))
+    results = results.assign(cap=given.fillna(results["epochs"]),  # tables from before it
+                             cut=cut_off(results))
     table = results.astype({k: str for k in varying}).groupby(keys, dropna=False).agg(
         seeds=("seed", "count"), fit=("fits", "sum"),
         stopped_fit=("stop_reason", lambda s: int((s == "fit").sum())),
         best_epoch=("best_epoch", "mean"), last_epoch=("stopped_epoch", "mean"),
-        cap=("epochs", "max")).reset_index()
+        cap=("cap", "max"), cut=("cut", "sum")).reset_index()
     table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["seeds"])]
     table["stopped (fit / cap)"] = [f"{s} / {n - s}" for s, n in
                                     zip(table["stopped_fit"], table["seeds"])]
-    table["best / last epoch (cap)"] = [f"{b:.1f} / {e:.1f} ({c})" for b, e, c in zip(
+    table["best / last epoch (cap)"] = [f"{b:.1f} / {e:.1f} ({c:g})" for b, e, c in zip(
         table["best_epoch"], table["last_epoch"], table["cap"])]
-    return table[[*keys, "seeds", "fit", "stopped (fit / cap)", "best / last epoch (cap)"]]
+    table[CUT_OFF] = table["cut"].astype(int)
+    return table[[*keys, "seeds", "fit", "stopped (fit / cap)", "best / last epoch (cap)",
+                  CUT_OFF]]

@@ -28,8 +28,8 @@ SETTINGS = ("receptive_field", "blocks", "width_scale", "pooling", "normalizatio
 PREFERRED = {"pooling": "max", "width_scale": 1.0, "class_balance": 0.5,
              "optimizer": "rmsprop", "learning_rate": 5e-5}
 METRICS = ("val_accuracy", "test_accuracy", "test_auc", "final_train_accuracy", "fits",
-           "epochs_to_fit", "best_epoch", "stopped_epoch", "stop_reason", "parameters",
-           "wall_seconds")
+           "epochs_to_fit", "best_epoch", "stopped_epoch", "epoch_cap", "stop_reason",
+           "parameters", "wall_seconds")
 # weakly supervised detection on the test split (needles-train --score_detection): detection AP
 # and pointing accuracy of the saliency and the evidence maps' maxima, and pointing's chance
 DETECTION = ("saliency_ap", "saliency_pointing", "evidence_ap", "evidence_pointing",
@@ -76,6 +76,8 @@ def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
     # runs from before the stop rule trained every epoch
     row["stopped_epoch"] = summary.get("stopped_epoch", summary.get("epochs"))
     row["stop_reason"] = summary.get("stop_reason", "cap")
+    # the epochs the run was given: --epochs, scaled up for a smaller training set
+    row["epoch_cap"] = summary.get("epochs")
     detection = summary.get("detection") or {}
     for name in ("saliency", "evidence"):
         scores = detection.get(name) or {}
