@@ -134,6 +134,18 @@ def test_shipped_definitions_load():
             assert spec.flagfile is None or os.path.isfile(spec.flagfile), spec
 
 
+def test_only_selects_runs_by_name_and_a_pattern_that_matches_none_is_an_error(tmp_path):
+    from needles_tf.experiments.sweep import prepare
+
+    findings = os.path.join(EXPERIMENTS, "findings")
+    _, cell = prepare(findings, str(tmp_path), only=["nm14_32/seed=*"])
+    assert [run.name for run in cell] == [f"nm14_32/seed={s}" for s in (0, 1, 2)]
+    _, two = prepare(findings, str(tmp_path), seeds=[1], only=["nm14_32/seed=*", "nm14_45/*"])
+    assert [run.name for run in two] == ["nm14_32/seed=1", "nm14_45/seed=1"]
+    with pytest.raises(DefinitionError, match=r"--only=nm14_33/\* matches none of the \\d+ runs"):
+        prepare(findings, str(tmp_path), only=["nm14_33/*"])
+
+
 def test_run_states_and_failures(tmp_path):
     path = write(tmp_path / "e.toml", '[datasets.a]\ngenerator = "nmnist"\n'
                  '[grid]\ndataset = ["a"]\n')

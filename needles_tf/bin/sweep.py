@@ -30,6 +30,9 @@ flags.DEFINE_integer("parallel", None, "Local runs at a time (default: one per G
 flags.DEFINE_boolean("dry_run", False, "List the runs (done, interrupted, failed, to run) and "
                      "the datasets to generate, estimate the cost, run nothing.")
 flags.DEFINE_list("seeds", None, "Run these seeds instead of the definition's (e.g. 0,1).")
+flags.DEFINE_list("only", None, "Run only the runs whose names match one of these shell "
+                  "patterns (names as --dry_run lists them): 'nm14_32/seed=*' is one cell, "
+                  "'nm14_32/seed=0' one run.")
 flags.DEFINE_float("images_per_second", None, "Training speed at 64 x 64 for the cost estimate "
                    "when no run under --root has finished (scaled by pixel count).", lower_bound=0)
 flags.DEFINE_string("mnist", None, "MNIST source of every nMNIST dataset (embedded | idx:DIR | "
@@ -75,7 +78,7 @@ def main(argv):
                                 if getattr(FLAGS, k)}}
     try:
         plan, runs = sweep.prepare(definition_path(FLAGS.experiment), FLAGS.root, data_flags,
-                                   common.int_list("seeds", FLAGS.seeds))
+                                   common.int_list("seeds", FLAGS.seeds), FLAGS.only)
     except (DefinitionError, OSError) as e:
         sys.exit(f"needles-sweep: error: {e}")
     if FLAGS.dry_run:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import os
 from typing import Any, Callable, Iterator, Sequence
 
 from needles_tf import dir_lock
 from needles_tf.experiments import cost, runner
-from needles_tf.experiments.definition import Run, load_study
+from needles_tf.experiments.definition import DefinitionError, Run, load_study
 from needles_tf.experiments.local import run_local, visible_gpus
 from needles_tf.experiments.plan import DONE, Plan, error_line
 from needles_tf.experiments.progress import Progress
@@ -51,10 +52,23 @@ def holding_root(plan: Plan) -> Iterator[None]:
 
 
 def prepare(definition: str, root: str, data_flags: dict[str, dict[str, Any]] | None = None,
-            seeds: Sequence[int] | None = None) -> tuple[Plan, list[Run]]:
+            seeds: Sequence[int] | None = None, only: Sequence[str] | None = None
+            ) -> tuple[Plan, list[Run]]:
     """The plan and runs of a definition, or of a directory of them (their union), with
-    `seeds` instead of their own when given."""
+    `seeds` instead of their own when given, and only the runs whose names match one of the
+    shell patterns `only` (e.g. 'nm14_32/seed=*': one cell) when given.
+
+    Raises:
+        DefinitionError: the definition cannot be used, or `only` matches no run.
+    """
     experiment, runs = load_study(definition, seeds)
+    if only:
+        chosen = [run for run in runs if any(fnmatch.fnmatchcase(run.name, p) for p in only)]
+        if not chosen:
+            raise DefinitionError(
+                f"--only={','.join(only)} matches none of the {len(runs)} runs of "
+                f"{experiment.name} (names like {', '.join(r.name for r in runs[:3])})")
+        runs = chosen
     return Plan(experiment, root, data_flags), runs
 
 
