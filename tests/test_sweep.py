@@ -142,7 +142,7 @@ def test_only_selects_runs_by_name_and_a_pattern_that_matches_none_is_an_error(t
     assert [run.name for run in cell] == [f"nm14_32/seed={s}" for s in (0, 1, 2)]
     _, two = prepare(findings, str(tmp_path), seeds=[1], only=["nm14_32/seed=*", "nm14_45/*"])
     assert [run.name for run in two] == ["nm14_32/seed=1", "nm14_45/seed=1"]
-    with pytest.raises(DefinitionError, match=r"--only=nm14_33/\* matches none of the \\d+ runs"):
+    with pytest.raises(DefinitionError, match=r"--only=nm14_33/\* matches none of the \d+ runs"):
         prepare(findings, str(tmp_path), only=["nm14_33/*"])
 
 
