@@ -20,7 +20,7 @@ import dataclasses
 
 import pandas as pd
 
-from needles_tf.experiments.results import SETTINGS, hold_fixed
+from needles_tf.experiments.results import DETECTION, METRICS, SETTINGS, hold_fixed
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 Check = tuple[str, bool]  # what was checked (with its numbers), whether it holds
@@ -87,9 +87,10 @@ def unsettled(shown: pd.DataFrame) -> list[str]:
     """The rows of a rule's table (view) where most seeds were cut off while improving."""
     if shown.empty or CUT_OFF not in shown:
         return []
-    keys = [c for c in shown.columns if c not in (CUT_OFF, "seeds", "fit")][:-1]
-    return [" ".join(str(row[k]) for k in keys) for _, row in shown.iterrows()
-            if 2 * row[CUT_OFF] > row["seeds"]]
+    keys = [c for c in shown.columns
+            if c not in (CUT_OFF, "seeds", "fit", *METRICS, *DETECTION)]
+    return [" ".join(str(row[k]) for k in keys if pd.notna(row[k]))
+            for _, row in shown.iterrows() if 2 * row[CUT_OFF] > row["seeds"]]
 
 
 def enough_seeds(table: dict[tuple, Cell], p: dict) -> bool:

@@ -168,6 +168,6 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A pipe table (pandas' to_markdown needs the `tabulate` package)."""
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(str(v) for v in row) + " |"
+    rows = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
             for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
