@@ -35,6 +35,11 @@ STARTED = time.perf_counter()
 CHILD_ENVIRONMENT = dict(os.environ)  # the parent hides the GPU from itself, not the children
 KEPT_SHARE = 0.9  # of the kept activations the runtime holds (training/memory.py's, rounded up)
 FIXED_MIB = 1500.0  # runtime, weights, gradients, the image: what a process holds besides
+# On a GPU under JAX the children run without XLA's convolution autotuning (unless XLA_FLAGS
+# asks for it): with it, the 18 tile functions of a 2048 px image in 1024 px tiles had not
+# compiled after 290 s on an H200 (JAX 0.11.2); without it they compile in about 10 s, and a
+# step costs the same per pixel (0.71 us/px at 2048-8192 px, 0.69 with it at 1024 px).
+NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
 
 
 def child(size: int, scale: float, mode: str, tile: int, rf: int, repeats: int) -> dict:
@@ -194,6 +199,10 @@ def measure(size: int, scale: float, mode: str, tile: int, rf: int, repeats: int
     args = [sys.executable, __file__, "--child",
             json.dumps([size, scale, mode, tile, rf, repeats])]
     env = {**CHILD_ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    xla_flags = env.get("XLA_FLAGS", "")
+    if (env.get("KERAS_BACKEND") == "jax" and shutil.which("nvidia-smi")
+            and "autotune" not in xla_flags):
+        env["XLA_FLAGS"] = f"{xla_flags} {NO_AUTOTUNE}".strip()
     try:
         result = subprocess.run(args, capture_output=True, text=True, check=False, env=env,
                                 timeout=timeout_s)
