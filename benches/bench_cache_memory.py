@@ -1,6 +1,10 @@
 """Peak memory of cached training epochs against the size of the decoded cache.
 
     python benches/bench_cache_memory.py --data_dir=DATA [--caches=memory,encoded,none]
+    python benches/bench_cache_memory.py --data_dir=BIG --caches=none --pixels=float,bytes
+
+`--pixels`: batches of float32 in [0, 1] (the whole-image pipeline) or of the stored uint8
+(make_dataset's as_bytes, what tile streaming reads: converted a tile at a time).
 
 One process per cache setting (the peak covers a whole process). Each imports TensorFlow,
 starts its runtime (one eager op and a tiny tf.data pipeline: device, thread pools; with
@@ -25,7 +29,8 @@ def _status_mib(field: str) -> float:
     raise KeyError(field)
 
 
-def child(data_dir: str, cache: str, epochs: int, batch_size: int, cold: bool) -> dict:
+def child(data_dir: str, cache: str, epochs: int, batch_size: int, cold: bool,
+          as_bytes: bool) -> dict:
     import needles_tf  # noqa: F401  (first: the CPU's oneDNN default)
 
     # isort: split
@@ -42,13 +47,14 @@ def child(data_dir: str, cache: str, epochs: int, batch_size: int, cold: bool) -
     baseline = _status_mib("VmRSS")
     start = time.perf_counter()
     ds = make_dataset(data_dir, "train", batch_size, training=True, cache=cache,
-                      epochs=(0, epochs))
+                      epochs=(0, epochs), as_bytes=as_bytes)
     built = time.perf_counter() - start
     count = sum(int(images.shape[0]) for images, _ in ds)
     decoded = info["count"] * info["height"] * info["width"] * info["channels"] / 2**20
     peak = _status_mib("VmHWM") - baseline
-    return {"cache": cache, "images": count, "decoded_mib": decoded, "peak_mib": peak,
-            "ratio": peak / decoded, "build_s": built, "total_s": time.perf_counter() - start}
+    return {"cache": cache, "pixels": "bytes" if as_bytes else "float", "images": count,
+            "decoded_mib": decoded, "peak_mib": peak, "ratio": peak / decoded,
+            "build_s": built, "total_s": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -59,23 +65,28 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--cold", action="store_true",
                         help="baseline before TensorFlow's runtime starts")
+    parser.add_argument("--pixels", default="float", help="float, bytes or both (float,bytes)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.data_dir, args.child, args.epochs, args.batch_size,
-                               args.cold)))
+        cache, pixels = args.child.split(":")
+        print(json.dumps(child(args.data_dir, cache, args.epochs, args.batch_size,
+                               args.cold, pixels == "bytes")))
         return
-    print(f"{'cache':>8} {'decoded MiB':>11} {'peak - base MiB':>15} {'ratio':>6} "
-          f"{'build s':>7} {'total s':>7}")
+    print(f"{'cache':>8} {'pixels':>6} {'decoded MiB':>11} {'peak - base MiB':>15} "
+          f"{'ratio':>6} {'build s':>7} {'total s':>7}")
     for cache in args.caches.split(","):
-        out = subprocess.run([sys.executable, __file__, f"--data_dir={args.data_dir}",
-                              f"--child={cache}", f"--epochs={args.epochs}",
-                              f"--batch_size={args.batch_size}",
-                              *(["--cold"] if args.cold else [])], capture_output=True,
-                             text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['cache']:>8} {r['decoded_mib']:11.1f} {r['peak_mib']:15.1f} "
-              f"{r['ratio']:6.2f} {r['build_s']:7.1f} {r['total_s']:7.1f}", flush=True)
+        for pixels in args.pixels.split(","):
+            out = subprocess.run([sys.executable, __file__, f"--data_dir={args.data_dir}",
+                                  f"--child={cache}:{pixels}", f"--epochs={args.epochs}",
+                                  f"--batch_size={args.batch_size}",
+                                  *(["--cold"] if args.cold else [])], capture_output=True,
+                                 text=True, check=True,
+                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{r['cache']:>8} {r['pixels']:>6} {r['decoded_mib']:11.1f} "
+                  f"{r['peak_mib']:15.1f} {r['ratio']:6.2f} {r['build_s']:7.1f} "
+                  f"{r['total_s']:7.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,24 @@ def test_every_cache_gives_every_image_once_per_epoch_in_a_seeded_order(data_dir
         assert hashes == reference  # decoded and encoded caches: the same order
 
 
+@pytest.mark.parametrize("cache, training", [("memory", True), ("none", True),
+                                             ("none", False)])
+def test_as_bytes_gives_the_stored_uint8_whose_tiles_convert_to_the_float_batches(
+        data_dir, cache, training):
+    """Tile streaming keeps the bytes until a tile is cut (models/streaming.as_pixels)."""
+    from needles_tf.models.streaming import as_pixels
+
+    def first(as_bytes):
+        return next(iter(make_dataset(data_dir, "train", 16, training, cache=cache, seed=3,
+                                      deterministic=True, as_bytes=as_bytes)))
+
+    (raw, raw_labels), (floats, labels) = first(True), first(False)
+    assert raw.dtype == tf.uint8 and floats.dtype == tf.float32
+    np.testing.assert_array_equal(raw_labels, labels)
+    np.testing.assert_array_equal(as_pixels(raw[:, 3:20, 5:17]), floats[:, 3:20, 5:17])
+    assert as_pixels(floats) is floats
+
+
 def test_input_pipelines_split_each_global_batch(data_dir):
     parts = []
     for pipeline_id in range(2):

@@ -77,5 +77,6 @@ def evaluate(model: keras.Model, data_dir: str, split: str = "test",
     if info["count"] == 0:
         raise ValueError(f"{data_dir}: split {split!r} has no images")
     labels, probs = predict_probabilities(
-        model, make_dataset(data_dir, split, batch_size, training=False), tile_size)
+        model, make_dataset(data_dir, split, batch_size, training=False,
+                            as_bytes=bool(tile_size)), tile_size)
     return {"data_dir": data_dir, "split": split, **classification_metrics(labels, probs)}

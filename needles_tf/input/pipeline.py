@@ -106,7 +106,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
                  seed: int = 0, cache: str | bool = "auto", deterministic: bool = False,
                  drop_remainder: bool = False, verify: bool = True,
                  epochs: tuple[int, int] | None = None,
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                 input_context: tf.distribute.InputContext | None = None,
+                 as_bytes: bool = False) -> tf.data.Dataset:
     """Batches (image float32 [B, H, W, C] in [0, 1], label int32 [B]) of one split.
 
     Args:
@@ -134,6 +135,9 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
             this pipeline's replicas in turn; a cached split keeps the last, partial batch
             (shares smaller or empty), a streamed one leaves it out. Evaluation: each batch is
             split between the pipelines by position.
+        as_bytes: images as they are stored, uint8 in [0, 255]: a quarter of float32's
+            memory in every batch and buffer, for consumers that convert a tile at a time
+            (tile streaming: models/streaming.py).
 
     Returns:
         A dataset of known cardinality.
@@ -225,9 +229,10 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
         # thread suffice, where autotuned buffers and threads (each with its own malloc arena)
         # added 0.5x the cache to the peak
         options.threading.private_threadpool_size = 1
-        ds = ds.map(_to_float)
+        ds = ds if as_bytes else ds.map(_to_float)
         return ds.with_options(options).prefetch(2)
-    ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    if not as_bytes:
+        ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=ordered)
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 

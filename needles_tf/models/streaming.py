@@ -45,6 +45,15 @@ def check_streamable(classifier: keras.Model) -> None:
             "or keep whole images (--remat=block for less memory)")
 
 
+def as_pixels(tile):
+    """A tile of uint8 images (input pipelines that keep the bytes until the tile is cut:
+    make_dataset's `as_bytes`) as float32 in [0, 1], what the whole-image pipeline gives;
+    other tiles as they are."""
+    if keras.backend.standardize_dtype(tile.dtype) != "uint8":
+        return tile
+    return ops.cast(tile, "float32") / 255.0
+
+
 def window(tile: Tile) -> tuple[int, ...]:
     """The 8 integers of `tile` that `StreamedClassifier` reads (module docstring)."""
     return (tile.rows.start, tile.rows.stop, *tile.rows.valid,
@@ -94,7 +103,7 @@ class StreamedClassifier:
     def embedding(self, images, win: Window, training: bool = False):
         """The exact embedding locations of one tile, [B, rows, cols, c] in the wide dtype."""
         r0, r1, rv0, rv1, c0, c1, cv0, cv1 = win
-        embedding = self.encoder(images[:, r0:r1, c0:c1], training=training)
+        embedding = self.encoder(as_pixels(images[:, r0:r1, c0:c1]), training=training)
         return ops.cast(embedding[:, rv0:rv1, cv0:cv1], self.dtype)
 
     def state(self, images, win: Window, training: bool = False):

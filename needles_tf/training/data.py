@@ -47,7 +47,8 @@ def training_batches(config: TrainConfig, epochs: tuple[int, int],
     return make_dataset(config.data_dir, "train", config.batch_size, training=True,
                         train_size=config.train_size, class_balance=config.class_balance,
                         seed=config.seed, cache=config.cache, deterministic=config.deterministic,
-                        epochs=epochs, input_context=input_context)
+                        epochs=epochs, input_context=input_context,
+                        as_bytes=bool(config.tile_size))  # streamed: converted tile by tile
 
 
 def evaluation_batches(config: TrainConfig, split: str, batch_size: int,
@@ -57,7 +58,7 @@ def evaluation_batches(config: TrainConfig, split: str, batch_size: int,
         return make_noise_dataset(NoiseSpec.parse(config.noise), split, batch_size,
                                   training=False, seed=config.seed)
     return make_dataset(config.data_dir, split, batch_size, training=False, cache=cache,
-                        verify=verify)
+                        verify=verify, as_bytes=bool(config.tile_size))
 
 
 def evaluate_split(model: keras.Model, config: TrainConfig, split: str,

@@ -70,8 +70,8 @@ def auto_micro_batch(model: keras.Model, height: int, width: int, batch_size: in
       ValueError: not even one image fits; the message names the flags that would help.
     """
     budget = USABLE_SHARE * (device_memory_bytes() if budget_bytes is None else budget_bytes)
-    if tile_size:  # a tile's activations, the images held whole as float32 (the batch's input)
-        budget -= batch_size * height * width * model.input_shape[-1] * 4
+    if tile_size:  # a tile's activations, the images held whole as uint8 (the batch's input)
+        budget -= batch_size * height * width * model.input_shape[-1]
         height, width = min(height, tile_size), min(width, tile_size)
 
     def fitting(mode: str) -> int:
