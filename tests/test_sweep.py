@@ -99,6 +99,8 @@ noise = ["32:64"]
     ('[grid]\nnoise = ["8:8"]\npoolng = ["max"]\n', "'poolng' is not a needles-train flag "
      "\\(did you mean 'pooling'\\?\\)"),
     ('[train]\nseed = 3\n', "must not set seed"),
+    ('[grid]\nnoise = ["8:8"]\n[verdict]\nchanges = "cap raised"\n',
+     "changes must be a list of strings"),
 ])
 def test_bad_definitions_name_file_and_problem(tmp_path, text, message):
     path = write(tmp_path / "bad.toml", text)

@@ -102,6 +102,21 @@ def test_beats(rf9, outcome):
     assert judge(rows, C4).outcome == outcome
 
 
+def test_only_the_cells_a_rule_compares_can_make_it_inconclusive():
+    """C4 compares RF 9 with RF 33 where both exist: a cut-off cell of the ladder it shows
+    (RF 33 alone at 1.2 %) leaves it alone; one at a compared O2I voids it."""
+    def rows(cut_o2i):
+        groups = [cell(19.1, 0.9), cell(4.79, 0.7), cell(1.2, 0.5),
+                  cell(19.1, 0.8, receptive_field=9), cell(4.79, 0.6, receptive_field=9)]
+        frame = table(*groups).assign(stop_reason="cap", best_epoch=3, stopped_epoch=12)
+        frame.loc[(frame["o2i"] == cut_o2i) & (frame["receptive_field"] == 33),
+                  ["fits", "best_epoch"]] = [False, 12]
+        return frame
+
+    assert judge(rows(1.2), C4).outcome == REPRODUCED
+    assert judge(rows(4.79), C4).outcome == INCONCLUSIVE
+
+
 C5 = {"rule": "pooling", "best": "max", "alike": 0.05}
 
 
@@ -147,6 +162,19 @@ def test_optimisation(small_fits, noise_fits, outcome):
     if small_fits == 3:  # fits at the small O2I as often, and faster: contradicted
         rows.loc[rows["o2i"] == 4.79, "epochs_to_fit"] = 1
     assert judge(rows, C6).outcome == outcome
+
+
+def test_a_noise_run_stopped_at_the_cap_before_memorising_is_cut_off():
+    """Noise has random labels: its best validation epoch says nothing; a noise cell whose
+    seeds stopped at the cap without fitting makes C6 inconclusive, not 'not reproduced'."""
+    rows = table(cell(19.1, 0.9, epochs_to_fit=4), cell(4.79, 0.6, fits=0, epochs_to_fit=10),
+                 cell(32, 0.5, kind="noise", fits=False), cell(32, 0.5, kind="noise",
+                                                               fits=True, pooling="mean"))
+    rows = rows.assign(stop_reason=["cap" if not f else "fit" for f in rows["fits"]],
+                       best_epoch=2, stopped_epoch=30)
+    verdict = judge(rows, C6)
+    assert verdict.outcome == INCONCLUSIVE
+    assert "noise 32 max" in verdict.checks[-1][0] and not verdict.checks[-1][1]
 
 
 C7 = {"rule": "class_balance", "reference": 0.5, "robust": ["max", "logsumexp"]}
@@ -206,7 +234,7 @@ def test_findings_md_from_a_results_table(tmp_path):
     assert "| C1 | accuracy is high at large O2I" in text and "**reproduced**" in text
     assert "[x] largest O2I 19.1 %: mean 0.900 >= 0.85" in text
     assert "- Changed after the study began: 2026-12-04, before any noise run" in text  # C6
-    assert "[x] no cell read has most seeds cut off" in text
+    assert "[x] no cell compared has most seeds cut off" in text
     assert "## Every cell" in text and "3 / 0" in text and "5.0 / 6.0 (10)" in text
     assert "5.0 / 6.0 (40)" in text  # the cap the run was given, else --epochs
     assert "Not measured here" in text and "flags/experiments/receptive_field.toml" in text

@@ -11,7 +11,8 @@ and the conventions every verdict rule shares (experiments/verdicts.py).
 - informative O2I: where some cell's mean test accuracy reaches `informative` (default 0.6);
   below, every setting is near chance and there is nothing to compare;
 - cut off while improving: a run stopped at its epoch cap, not fit, whose best validation epoch
-  was its last; no verdict rests on a cell where most seeds were (experiments/verdicts.judge).
+  was its last (a noise run: stopped at the cap, not fit); no verdict rests on a cell compared
+  where most seeds were (decide).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 
 import pandas as pd
 
-from needles_tf.experiments.results import DETECTION, METRICS, SETTINGS, hold_fixed
+from needles_tf.experiments.results import SETTINGS, hold_fixed
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 Check = tuple[str, bool]  # what was checked (with its numbers), whether it holds
@@ -65,10 +66,11 @@ def cells(rows: pd.DataFrame, keys: list[str], metric: str) -> dict[tuple, Cell]
 
 
 def cut_off(rows: pd.DataFrame) -> pd.Series:
-    """Runs stopped at their epoch cap without fitting whose best validation epoch was their
-    last: still improving when stopped."""
-    return ((rows["stop_reason"] == "cap") & ~rows["fits"].astype(bool)
-            & (rows["best_epoch"] >= rows["stopped_epoch"]))
+    """Runs still improving when stopped: at their epoch cap without fitting, with their best
+    validation epoch their last; or any noise run stopped so (random labels: its validation
+    accuracy says nothing, and memorising only goes up)."""
+    capped = (rows["stop_reason"] == "cap") & ~rows["fits"].astype(bool)
+    return capped & ((rows["best_epoch"] >= rows["stopped_epoch"]) | (rows["kind"] == "noise"))
 
 
 def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame:
@@ -81,16 +83,6 @@ def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame
                           "seeds": c.n, "fit": f"{c.fitted}/{c.n}", CUT_OFF: c.cut_off}
                          for k, c in table.items()],
                         columns=[*keys, metric, "seeds", "fit", CUT_OFF])
-
-
-def unsettled(shown: pd.DataFrame) -> list[str]:
-    """The rows of a rule's table (view) where most seeds were cut off while improving."""
-    if shown.empty or CUT_OFF not in shown:
-        return []
-    keys = [c for c in shown.columns
-            if c not in (CUT_OFF, "seeds", "fit", *METRICS, *DETECTION)]
-    return [" ".join(str(row[k]) for k in keys if pd.notna(row[k]))
-            for _, row in shown.iterrows() if 2 * row[CUT_OFF] > row["seeds"]]
 
 
 def enough_seeds(table: dict[tuple, Cell], p: dict) -> bool:
@@ -113,9 +105,24 @@ def listed(o2is: list[float]) -> str:
     return ", ".join(f"{o:.3g} %" for o in o2is) or "none"
 
 
-def decide(checks: list[Check], contradicted: bool) -> str:
-    """Not reproduced where a part is contradicted; reproduced where every check holds;
-    inconclusive otherwise."""
+def decide(checks: list[Check], contradicted: bool, read: dict[tuple, Cell]) -> str:
+    """The outcome of a rule's checks, after appending to `checks` that no cell in `read`
+    (the cells the rule compared) has most of its seeds cut off while improving.
+
+    Inconclusive where one has (no verdict rests on such runs, either way); else not
+    reproduced where a part is contradicted; reproduced where every check holds; inconclusive
+    otherwise.
+    """
+    cut = [_label(key) for key, cell in read.items() if 2 * cell.cut_off > cell.n]
+    checks.append(("no cell compared has most seeds cut off at the cap while improving "
+                   f"(such cells: {', '.join(cut) or 'none'})", not cut))
+    if cut:
+        return INCONCLUSIVE
     if contradicted:
         return NOT_REPRODUCED
-    return REPRODUCED if checks and all(ok for _, ok in checks) else INCONCLUSIVE
+    return REPRODUCED if all(ok for _, ok in checks) else INCONCLUSIVE
+
+
+def _label(key: tuple) -> str:
+    return " ".join(f"{v:.3g} %" if isinstance(v, float) and i == 0 else str(v)
+                    for i, v in enumerate(key))

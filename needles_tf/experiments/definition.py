@@ -125,6 +125,10 @@ def load_experiment(path: str) -> Experiment:
         for key, values in grid.items():
             if not values:
                 raise DefinitionError(f"{path}: grid {key!r} has no values")
+    changes = table.get("verdict", {}).get("changes", [])
+    if not isinstance(changes, list) or not all(isinstance(c, str) for c in changes):
+        raise DefinitionError(f"{path}: [verdict] changes must be a list of strings (one per "
+                              f"change made after the study began), got {changes!r}")
     seeds = table.get("seeds", [0])
     if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise DefinitionError(f"{path}: seeds must be a list of integers >= 0, got {seeds!r}")

@@ -44,13 +44,14 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
     judged = judge_all(results, members)
     lines = [f"# Findings: {len(results)} runs from {source}", "",
              "Each claim's rule was fixed in its definition before the runs "
-             "(flags/experiments/findings/ for the miniature study); `needles-report "
+             "(flags/experiments/findings/ for the miniature study); what was changed after "
+             "the study began is listed under the claim, with when and why. `needles-report "
              "--claims=DIR` computes the verdicts from results.csv alone. A difference counts "
              "only beyond the seeds' spread (mean ± standard deviation intervals that do not "
              "overlap). No verdict rests on runs cut off while still improving: where most "
-             "seeds of a cell the rule reads stopped at the epoch cap, not fit, with their best "
-             "validation epoch the last, the verdict is inconclusive. 'fit': training accuracy "
-             ">= 99 % within the cap.", "",
+             "seeds of a cell the rule compares stopped at the epoch cap, not fit, with their "
+             "best validation epoch the last (noise: stopped at the cap, not fit), the verdict "
+             "is inconclusive. 'fit': training accuracy >= 99 % within the cap.", "",
              "| claim | paper | figure | verdict |", "|---|---|---|---|"]
     for member, verdict in judged:
         lines.append(f"| {verdict.claim} | {member.verdict.get('paper', '')} | "
@@ -88,9 +89,10 @@ def stop_table(results: pd.DataFrame) -> pd.DataFrame:
     improving."""
     varying = [k for k in SETTINGS if k != "epochs" and results[k].astype(str).nunique() > 1]
     keys = ["dataset", *varying]
+    # tables from before epoch_cap: --epochs, unknown where a run went past it (scaled up)
     given = results.get("epoch_cap", pd.Series(index=results.index, dtype=float))
-    results = results.assign(cap=given.fillna(results["epochs"]),  # tables from before it
-                             cut=cut_off(results))
+    fallback = results["epochs"].where(results["stopped_epoch"] <= results["epochs"])
+    results = results.assign(cap=given.fillna(fallback), cut=cut_off(results))
     table = results.astype({k: str for k in varying}).groupby(keys, dropna=False).agg(
         seeds=("seed", "count"), fit=("fits", "sum"),
         stopped_fit=("stop_reason", lambda s: int((s == "fit").sum())),
@@ -99,8 +101,9 @@ def stop_table(results: pd.DataFrame) -> pd.DataFrame:
     table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["seeds"])]
     table["stopped (fit / cap)"] = [f"{s} / {n - s}" for s, n in
                                     zip(table["stopped_fit"], table["seeds"])]
-    table["best / last epoch (cap)"] = [f"{b:.1f} / {e:.1f} ({c:g})" for b, e, c in zip(
-        table["best_epoch"], table["last_epoch"], table["cap"])]
+    caps = ["?" if pd.isna(c) else f"{c:g}" for c in table["cap"]]
+    table["best / last epoch (cap)"] = [f"{b:.1f} / {e:.1f} ({c})" for b, e, c in zip(
+        table["best_epoch"], table["last_epoch"], caps)]
     table[CUT_OFF] = table["cut"].astype(int)
     return table[[*keys, "seeds", "fit", "stopped (fit / cap)", "best / last epoch (cap)",
                   CUT_OFF]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from needles_tf.experiments.cells import (
+    CUT_OFF,
     INCONCLUSIVE,
     Cell,
     Check,
@@ -32,7 +33,9 @@ def optimisation(results: pd.DataFrame, p: dict) -> Outcome:
     fitted = rows[rows["fits"].astype(bool)]
     epochs = cells(fitted, ["o2i"], "epochs_to_fit")
     shown = pd.concat([view(table, ["o2i", "pooling"], "test_accuracy"),
-                       view(noise_cells, ["dataset", "pooling"], "final_train_accuracy")])
+                       view(noise_cells, ["dataset", "pooling"], "final_train_accuracy")])[[
+        "o2i", "dataset", "pooling", "test_accuracy", "final_train_accuracy", "seeds", "fit",
+        CUT_OFF]]
     o2is = sorted({k[0] for k in table}, reverse=True)
     if len(o2is) < 2 or not enough_seeds(table, p) or not enough_seeds(noise_cells, p):
         return INCONCLUSIVE, [("nMNIST at two O2I ratios and Gaussian noise, >= "
@@ -61,7 +64,9 @@ def optimisation(results: pd.DataFrame, p: dict) -> Outcome:
     checks.append((f"Gaussian noise memorised: {memorised}/{total} runs fit (setups where none "
                    f"does: {', '.join(failed) or 'none'})", memorised == total))
     faster = len(with_fits) >= 2 and epochs[with_fits[0]].exceeds(epochs[with_fits[-1]])
-    return decide(checks, low > high or faster or bool(failed)), checks, shown
+    read = {**{k: c for k, c in table.items() if k[0] in (o2is[0], o2is[-1])},
+            **noise_cells}
+    return decide(checks, low > high or faster or bool(failed), read), checks, shown
 
 
 def class_balance(results: pd.DataFrame, p: dict) -> Outcome:
@@ -111,7 +116,7 @@ def class_balance(results: pd.DataFrame, p: dict) -> Outcome:
               (f"{worst_robust}'s drop is below another's beyond the spread (below: "
                f"{', '.join(beaten) or 'none'})", bool(beaten))]
     contradicted = len(rises) > len(drops) / 2 or bool(beating)
-    return decide(checks, contradicted), checks, shown
+    return decide(checks, contradicted, table), checks, shown
 
 
 def _mean_drop(reference: Cell, others: list[Cell]) -> tuple[float, float]:

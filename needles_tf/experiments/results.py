@@ -119,7 +119,9 @@ def hold_fixed(results: pd.DataFrame, varied: tuple[str, ...]) -> pd.DataFrame:
         if key in varied or rows.empty:
             continue
         if key == "receptive_field":
-            rows = rows.groupby("kind", group_keys=False).apply(_at_mode, key)
+            # (not groupby.apply: pandas 3 leaves the grouping column out of its result)
+            rows = pd.concat([_at_mode(group, key)
+                              for _, group in rows.groupby("kind", sort=False)])
             continue
         values = rows[key].astype(str)
         preferred = PREFERRED.get(key)
