@@ -64,3 +64,19 @@ def test_the_pixel_guard_reads_the_header_and_names_its_flag(tmp_path, monkeypat
     assert read_image(path, max_pixels=6_000_000).shape == (2000, 3000, 1)
     # the default comes from memory, not from Pillow's 179 megapixels (24 GiB: 800 million)
     assert default_max_pixels() > 179_000_000
+
+
+@pytest.mark.parametrize("tile_size", [None, 40])
+def test_evaluation_of_stored_bytes_gives_the_logits_of_the_float_images(tile_size):
+    """A uint8 batch (make_dataset's as_bytes) evaluates as its float32 [0, 1] images, whole
+    or streamed: never as pixels in [0, 255]."""
+    import tensorflow as tf
+
+    from needles_tf.evaluation.evaluate import logits_function
+
+    model = build_classifier(1, receptive_field=33, width_scale=1 / 16, blocks=(1, 1, 1, 1),
+                             normalization=False)
+    raw = np.random.default_rng(0).integers(0, 256, (2, 77, 59, 1), dtype=np.uint8)
+    forward = logits_function(model, tf.TensorSpec([None, 77, 59, 1], tf.uint8), tile_size)
+    np.testing.assert_allclose(forward(tf.constant(raw)), model(raw / np.float32(255)),
+                               rtol=1e-5, atol=1e-6)

@@ -43,14 +43,22 @@ def warn_if_unfinished(model_dir: str) -> None:
 
 
 def show_and_write_json(prog: str, text: str, result: dict, output: str, what: str) -> None:
-    """Prints `text` (a result's summary), then writes `result` atomically to `output` as JSON:
-    printed first, the figures are seen even where the write fails (a full or read-only disk),
-    which exits with one line naming the file."""
+    """Prints a result, then writes it atomically as JSON: printed first, the figures are seen
+    even where the write fails (a full or read-only disk), which exits with one line naming
+    the file.
+
+    Args:
+      prog: the binary's name, for the error line.
+      text: the result as printed.
+      result: what the file holds.
+      output: the JSON file.
+      what: what the result is called in the messages ("metrics").
+    """
     print(text, flush=True)
     try:
         atomic.write_json(output, result)
     except OSError as e:
-        sys.exit(f"{prog}: error: {what} not written to {output}: {e.strerror}")
+        sys.exit(f"{prog}: error: {what} not written to {output}: {e.strerror or e}")
     print(f"{what} written to {output}")
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from needles_tf.evaluation.metrics import classification_metrics
 from needles_tf.input import dataset_info, make_dataset
 from needles_tf.models import check_binary, min_image_size, needle_probability
-from needles_tf.models.streaming import StreamedClassifier
+from needles_tf.models.streaming import StreamedClassifier, as_pixels
 from needles_tf.serving.streamed import streamed_logits
 
 
@@ -27,6 +27,9 @@ def logits_function(model: keras.Model, images: tf.TensorSpec,
     if tile_size:
         streamed = StreamedClassifier(model, tile_size)
         return tf.function(lambda batch: streamed_logits(streamed, batch),
+                           input_signature=[images])
+    if images.dtype == tf.uint8:  # a pipeline's stored bytes (make_dataset's as_bytes)
+        return tf.function(lambda batch: model(as_pixels(batch), training=False),
                            input_signature=[images])
     if model.distribute_strategy.num_replicas_in_sync > 1:
         # One traced forward pass, outside the strategy's replicas: Keras' predict under

@@ -108,7 +108,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, training: bool, *,
                  epochs: tuple[int, int] | None = None,
                  input_context: tf.distribute.InputContext | None = None,
                  as_bytes: bool = False) -> tf.data.Dataset:
-    """Batches (image float32 [B, H, W, C] in [0, 1], label int32 [B]) of one split.
+    """Batches (image float32 [B, H, W, C] in [0, 1], or uint8 with `as_bytes`; label int32
+    [B]) of one split.
 
     Args:
         data_dir: a dataset directory (dataset.json and shards).

@@ -16,7 +16,7 @@ tile's own embedding): plain ints in a Python loop, or scalar tensors inside a c
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -45,10 +45,10 @@ def check_streamable(classifier: keras.Model) -> None:
             "or keep whole images (--remat=block for less memory)")
 
 
-def as_pixels(tile):
-    """A tile of uint8 images (input pipelines that keep the bytes until the tile is cut:
-    make_dataset's `as_bytes`) as float32 in [0, 1], what the whole-image pipeline gives;
-    other tiles as they are."""
+def as_pixels(tile: Any) -> Any:
+    """A tile (a backend tensor) of uint8 images as float32 in [0, 1], what the whole-image
+    pipeline gives (input pipelines that keep the bytes until a tile is cut: make_dataset's
+    `as_bytes`); other tiles as they are."""
     if keras.backend.standardize_dtype(tile.dtype) != "uint8":
         return tile
     return ops.cast(tile, "float32") / 255.0
