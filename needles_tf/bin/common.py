@@ -24,6 +24,13 @@ def no_arguments(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
+def require_flags(prog: str, *names: str) -> None:
+    """Exits with one line naming the first of these flags that was not given."""
+    for name in names:
+        if not flags.FLAGS[name].value:
+            sys.exit(f"{prog}: error: --{name} is required")
+
+
 def int_list(flag: str, values: list[str] | None) -> tuple[int, ...] | None:
     """A comma-separated list flag as integers; a usage error naming the flag otherwise."""
     if values is None:

@@ -38,9 +38,7 @@ def _format(result: dict) -> str:
 
 def main(argv):
     common.no_arguments(argv)
-    for name in ("model_dir", "data_dir"):
-        if not FLAGS[name].value:
-            sys.exit(f"needles-evaluate: error: --{name} is required")
+    common.require_flags("needles-evaluate", "model_dir", "data_dir")
     output = FLAGS.output or run_dir.eval_path(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir)
     try:
         # Paths first, so that a typo is reported without waiting for TensorFlow to load.

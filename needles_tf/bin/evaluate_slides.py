@@ -71,9 +71,7 @@ def _format(result: dict) -> str:
 
 def main(argv):
     common.no_arguments(argv)
-    for name in ("predictions", "labels"):
-        if not FLAGS[name].value:
-            sys.exit(f"{PROG}: error: --{name} is required")
+    common.require_flags(PROG, "predictions", "labels")
     from needles_tf.evaluation.slide_evaluation import evaluate_slides
     from needles_tf.evaluation.slide_labels import LabelError
 

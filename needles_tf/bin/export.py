@@ -24,8 +24,7 @@ flags.DEFINE_string("export_dir", None, "SavedModel directory; default <model_di
 
 def main(argv):
     common.no_arguments(argv)
-    if not FLAGS.model_dir:
-        sys.exit("needles-export: error: --model_dir is required")
+    common.require_flags("needles-export", "model_dir")
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, "saved_model")
     try:
         run_dir.best_model_path(FLAGS.model_dir)  # before waiting for TensorFlow to load

@@ -44,8 +44,7 @@ def _write_lines(records, out) -> None:
 
 def main(argv):
     files = argv[1:]
-    if not FLAGS.saved_model:
-        sys.exit(f"{PROG}: error: --saved_model is required")
+    common.require_flags(PROG, "saved_model")
     if not files:
         sys.exit(f"{PROG}: error: no image files given")
     # Imported after the checks above, so that they need not wait for TensorFlow to load.

@@ -71,9 +71,7 @@ def _check_output_dir(folder: str) -> None:
 
 
 def main(argv):
-    for name in ("model", "output_dir"):
-        if not FLAGS[name].value:
-            sys.exit(f"{PROG}: error: --{name} is required")
+    common.require_flags(PROG, "model", "output_dir")
     for name in ("mpp", "assume_mpp"):  # 0 would divide by zero on the first slide
         if FLAGS[name].value is not None and not FLAGS[name].value > 0:
             sys.exit(f"{PROG}: error: --{name} must be positive microns per pixel, got "

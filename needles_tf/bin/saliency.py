@@ -50,9 +50,7 @@ def _table(scores: dict) -> str:
 
 def main(argv):
     common.no_arguments(argv)
-    for name in ("model_dir", "data_dir"):
-        if not FLAGS[name].value:
-            sys.exit(f"{PROG}: error: --{name} is required")
+    common.require_flags(PROG, "model_dir", "data_dir")
     dataset = os.path.basename(os.path.abspath(FLAGS.data_dir))
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir,
                                                   f"saliency_{FLAGS.split}_{dataset}")
