@@ -239,6 +239,7 @@ def test_findings_md_from_a_results_table(tmp_path):
     assert "5.0 / 6.0 (40)" in text  # the cap the run was given, else --epochs
     assert "Not measured here" in text and "flags/experiments/receptive_field.toml" in text
     assert "![Fig. 4](fig4.png)" in text and (tmp_path / "out" / "fig4.png").exists()
+    assert "![Fig. 8](fig8.png)\n\nFig. 8 draws the paper's rule" in text
     # from the written results.csv alone: the same verdicts
     again = pd.read_csv(tmp_path / "out" / "results.csv")
     rewritten = write_report(str(tmp_path), str(tmp_path / "again"), say=lambda _: None,

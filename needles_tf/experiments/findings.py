@@ -18,6 +18,7 @@ import pandas as pd
 from needles_tf import atomic
 from needles_tf.experiments.cells import CUT_OFF, cut_off
 from needles_tf.experiments.definition import Experiment
+from needles_tf.experiments.figures import CHANCE_FOR_UNFIT
 from needles_tf.experiments.results import SETTINGS, markdown_table
 from needles_tf.experiments.verdicts import Verdict, judge
 
@@ -71,7 +72,7 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
         if not verdict.cells.empty:
             lines += ["", markdown_table(verdict.cells)]
         lines += [line for name in member.figures if name in figures
-                  for line in ("", f"![Fig. {name}](fig{name}.png)")]
+                  for line in ("", f"![Fig. {name}](fig{name}.png)", *_note(name))]
     lines += ["", "## Every cell: seeds that fit, how the runs stopped", "",
               markdown_table(stop_table(results)), "", "## Not measured here", "",
               "These claims need CAMELYON16/17 slides, which this machine does not have; the "
@@ -81,6 +82,14 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
               for claim, fig, name in NOT_MEASURED]
     atomic.write_text(path, "\n".join(lines) + "\n")
     return [verdict for _, verdict in judged]
+
+
+def _note(figure: str) -> tuple[str, ...]:
+    if figure not in CHANCE_FOR_UNFIT:
+        return ()
+    return ("", f"Fig. {figure} draws the paper's rule: a configuration none of whose seeds "
+            "fits its training set within the cap stands at chance (hatched); the verdict "
+            "reads every run's test accuracy (the table above).")
 
 
 def stop_table(results: pd.DataFrame) -> pd.DataFrame:
