@@ -256,7 +256,7 @@ epochs = 30
     sweep = start_binary("sweep", *flags)
     summaries = [os.path.join(plan.model_dir(run), "summary.json") for run in nmnist_runs]
     waited_for = [*summaries, plan.log_path(noise_run)]  # the noise run started, not finished
-    deadline = time.time() + 150
+    deadline = time.time() + 400  # generous: a loaded machine (the loop ends once they exist)
     while not all(map(os.path.exists, waited_for)) and time.time() < deadline:
         time.sleep(0.2)
     sweep.send_signal(signal.SIGINT)
