@@ -76,10 +76,8 @@ def cut_off(rows: pd.DataFrame) -> pd.Series:
 def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame:
     """The cells as a table for findings.md: keys, metric (mean ± sd), seeds, seeds that fit,
     seeds cut off while improving."""
-    def shown(key, value):
-        return f"{value:.3g} %" if key == "o2i" else value
-
-    return pd.DataFrame([{**{key: shown(key, v) for key, v in zip(keys, k)}, metric: c.text(),
+    return pd.DataFrame([{**{key: percent(v) if key == "o2i" else v for key, v in zip(keys, k)},
+                          metric: c.text(),
                           "seeds": c.n, "fit": f"{c.fitted}/{c.n}", CUT_OFF: c.cut_off}
                          for k, c in table.items()],
                         columns=[*keys, metric, "seeds", "fit", CUT_OFF])
@@ -101,8 +99,13 @@ def informative_o2i(rows: pd.DataFrame, p: dict) -> list[float]:
                   reverse=True)
 
 
+def percent(o2i: float) -> str:
+    """An O2I ratio as findings.md writes it (three significant digits)."""
+    return f"{o2i:.3g} %"
+
+
 def listed(o2is: list[float]) -> str:
-    return ", ".join(f"{o:.3g} %" for o in o2is) or "none"
+    return ", ".join(percent(o) for o in o2is) or "none"
 
 
 def decide(checks: list[Check], contradicted: bool, read: dict[tuple, Cell]) -> str:
@@ -124,5 +127,6 @@ def decide(checks: list[Check], contradicted: bool, read: dict[tuple, Cell]) -> 
 
 
 def _label(key: tuple) -> str:
-    return " ".join(f"{v:.3g} %" if isinstance(v, float) and i == 0 else str(v)
+    """A cell's key (its O2I first) in a check's text."""
+    return " ".join(percent(v) if i == 0 and isinstance(v, float) else str(v)
                     for i, v in enumerate(key))
