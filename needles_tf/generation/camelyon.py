@@ -104,11 +104,17 @@ def find_slides(slide_dir: str) -> list[str]:
     """Paths of every slide file (.tif/.tiff) under `slide_dir`, recursively, sorted."""
     if not os.path.isdir(slide_dir):
         raise SlideError(f"{slide_dir}: not a directory; expected a CAMELYON slide folder")
+    return sorted(files_under(slide_dir, SLIDE_EXTENSIONS))
+
+
+def files_under(folder: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Paths of the files under `folder` (recursively, in a fixed order: folders and files by
+    name) whose names end, in any case, with one of `suffixes`."""
     found = []
-    for root, dirs, files in os.walk(slide_dir):
+    for root, dirs, files in os.walk(folder):
         dirs.sort()
-        found += [os.path.join(root, f) for f in files if f.lower().endswith(SLIDE_EXTENSIONS)]
-    return sorted(found)
+        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(suffixes)]
+    return found
 
 
 def slide_name(path: str) -> str:

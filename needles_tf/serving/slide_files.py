@@ -6,7 +6,7 @@ import os
 from typing import Iterable
 
 from needles_tf.generation import wsi
-from needles_tf.generation.camelyon import slide_name
+from needles_tf.generation.camelyon import files_under, slide_name
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
                   ".svslide", ".bif")
@@ -22,10 +22,7 @@ def find_slides(inputs: Iterable[str]) -> list[str]:
     found = []
     for item in inputs:
         if os.path.isdir(item):
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(SLIDE_SUFFIXES)]
+            found += files_under(item, SLIDE_SUFFIXES)
         elif os.path.isfile(item):
             found.append(item)
         else:
