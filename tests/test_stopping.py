@@ -67,6 +67,7 @@ def test_a_run_that_fits_stops_after_its_patience_and_is_finished(fitted):
     assert summary["stop_rule"] == {"fit_accuracy": FIT_ACCURACY, "patience": PATIENCE,
                                     "cap": 30}
     assert summary["epochs"] == 30 and summary["epochs_to_fit"] == first
+    assert summary["train_accuracy_by_epoch"] == pytest.approx(trained)
     # finished: a rerun trains nothing more
     mtime = os.path.getmtime(model_dir / run_dir.METRICS)
     assert train(config(model_dir), verbose=0)["stopped_epoch"] == len(trained)
@@ -102,6 +103,7 @@ def test_a_killed_run_resumes_to_the_same_stop(fitted, tmp_path, where):
     resumed = train(config(model_dir), verbose=0)
     assert accuracies(model_dir) == pytest.approx(accuracies(full_dir), abs=1e-6)
     assert (resumed["stop_reason"], resumed["stopped_epoch"]) == ("fit", stop)
+    assert resumed["train_accuracy_by_epoch"] == pytest.approx(accuracies(full_dir), abs=1e-6)
 
 
 def test_the_sweep_counts_a_stopped_run_done_and_costs_the_others_at_their_cap(fitted,

@@ -177,6 +177,25 @@ def test_a_noise_run_stopped_at_the_cap_before_memorising_is_cut_off():
     assert "noise 32 max" in verdict.checks[-1][0] and not verdict.checks[-1][1]
 
 
+@pytest.mark.parametrize("gain, outcome", [(0.03, INCONCLUSIVE), (-0.002, REPRODUCED)])
+def test_a_run_still_fitting_at_the_cap_is_cut_off_for_c6(gain, outcome):
+    """C6 is about fitting: small-O2I runs that stopped at the cap unfit on a validation
+    plateau (best epoch 3 of 12) but were still gaining training accuracy leave it
+    inconclusive; the accuracy claims read their best epoch alone."""
+    rows = table(cell(19.1, 0.9, epochs_to_fit=4), cell(4.79, 0.6, fits=0),
+                 cell(32, 0.5, kind="noise"))
+    unfit = ~rows["fits"]
+    rows["stop_reason"] = ["cap" if u else "fit" for u in unfit]
+    rows["best_epoch"], rows["stopped_epoch"] = 3, 12
+    rows.loc[unfit, "last_train_gain"] = gain
+    verdict = judge(rows, C6)
+    assert verdict.outcome == outcome
+    assert ("4.79 % max" in verdict.checks[-1][0]) == (outcome == INCONCLUSIVE)
+    c1_rows = table(ladder((0.9, 0.8, 0.7, 0.52), fits=False)).assign(
+        stop_reason="cap", best_epoch=3, stopped_epoch=12, last_train_gain=gain)
+    assert judge(c1_rows, C1).outcome == REPRODUCED
+
+
 C7 = {"rule": "class_balance", "reference": 0.5, "robust": ["max", "logsumexp"]}
 
 

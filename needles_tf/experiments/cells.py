@@ -11,8 +11,9 @@ and the conventions every verdict rule shares (experiments/verdicts.py).
 - informative O2I: where some cell's mean test accuracy reaches `informative` (default 0.6);
   below, every setting is near chance and there is nothing to compare;
 - cut off while improving: a run stopped at its epoch cap, not fit, whose best validation epoch
-  was its last (a noise run: stopped at the cap, not fit); no verdict rests on a cell compared
-  where most seeds were (decide).
+  was its last (a noise run: stopped at the cap, not fit); for a claim about fitting (C6), also
+  one whose training accuracy rose in its last epoch; no verdict rests on a cell compared where
+  most seeds were (decide).
 """
 
 from __future__ import annotations
@@ -53,33 +54,44 @@ def held_rows(results: pd.DataFrame, varied: tuple[str, ...], kind: str = "nmnis
     return hold_fixed(results[results["kind"] == kind], varied)
 
 
-def cells(rows: pd.DataFrame, keys: list[str], metric: str) -> dict[tuple, Cell]:
-    """(values of `keys`) -> Cell of `metric` over each group's runs (its seeds)."""
+def cells(rows: pd.DataFrame, keys: list[str], metric: str, fitting: bool = False
+          ) -> dict[tuple, Cell]:
+    """(values of `keys`) -> Cell of `metric` over each group's runs (its seeds); `fitting`:
+    count cut-off runs as a claim about fitting does (cut_off)."""
     out = {}
     for values, group in rows.dropna(subset=[metric]).groupby(keys, sort=False):
         values = values if isinstance(values, tuple) else (values,)
         series = group[metric].astype(float)
         out[values] = Cell(float(series.mean()),
                            float(series.std()) if len(series) > 1 else 0.0, len(series),
-                           int(group["fits"].astype(bool).sum()), int(cut_off(group).sum()))
+                           int(group["fits"].astype(bool).sum()),
+                           int(cut_off(group, fitting).sum()))
     return out
 
 
-def cut_off(rows: pd.DataFrame) -> pd.Series:
+def cut_off(rows: pd.DataFrame, fitting: bool = False) -> pd.Series:
     """Runs still improving when stopped: at their epoch cap without fitting, with their best
     validation epoch their last; or any noise run stopped so (random labels: its validation
-    accuracy says nothing, and memorising only goes up)."""
+    accuracy says nothing, and memorising only goes up). With `fitting` (a claim about fitting
+    the training set), also a run whose training accuracy rose in its last epoch: its
+    validation accuracy may have settled while fitting had not."""
     capped = (rows["stop_reason"] == "cap") & ~rows["fits"].astype(bool)
-    return capped & ((rows["best_epoch"] >= rows["stopped_epoch"]) | (rows["kind"] == "noise"))
+    improving = (rows["best_epoch"] >= rows["stopped_epoch"]) | (rows["kind"] == "noise")
+    if fitting:
+        improving |= rows["last_train_gain"].astype(float) > 0
+    return capped & improving
 
 
 def view(table: dict[tuple, Cell], keys: list[str], metric: str) -> pd.DataFrame:
     """The cells as a table for findings.md: keys, metric (mean ± sd), seeds, seeds that fit,
-    seeds cut off while improving."""
+    seeds cut off while improving; largest O2I first."""
+    items = list(table.items())
+    if "o2i" in keys:
+        items.sort(key=lambda kc: -kc[0][keys.index("o2i")])
     return pd.DataFrame([{**{key: percent(v) if key == "o2i" else v for key, v in zip(keys, k)},
                           metric: c.text(),
                           "seeds": c.n, "fit": f"{c.fitted}/{c.n}", CUT_OFF: c.cut_off}
-                         for k, c in table.items()],
+                         for k, c in items],
                         columns=[*keys, metric, "seeds", "fit", CUT_OFF])
 
 

@@ -21,15 +21,16 @@ Outcome = tuple[str, list[Check], pd.DataFrame]
 
 
 def optimisation(results: pd.DataFrame, p: dict) -> Outcome:
-    """C6: the fraction of nMNIST runs (over the poolings present) that fit is >= `fit_high`
-    at the largest O2I and <= `fit_low` at the smallest, never higher at the smallest than at
-    the largest; the epochs to fit of the smallest O2I where runs fit exceed the largest O2I's
-    beyond the spread; every Gaussian-noise run fits (contradicted where a noise cell has no
-    seed that fits)."""
+    """C6: the fraction of nMNIST runs that fit (over the poolings present at that O2I) is
+    >= `fit_high` at the largest O2I and <= `fit_low` at the smallest, never higher at the
+    smallest than at the largest; the epochs to fit of the smallest O2I where runs fit exceed
+    the largest O2I's beyond the spread; every Gaussian-noise run fits (contradicted where a
+    noise cell has no seed that fits). The claim is about fitting, so a run that stopped at
+    the cap unfit while its training accuracy still rose counts as cut off too."""
     rows = held_rows(results, ("pooling",))
-    table = cells(rows, ["o2i", "pooling"], "test_accuracy")
+    table = cells(rows, ["o2i", "pooling"], "test_accuracy", fitting=True)
     noise = held_rows(results, ("pooling",), kind="noise")
-    noise_cells = cells(noise, ["dataset", "pooling"], "final_train_accuracy")
+    noise_cells = cells(noise, ["dataset", "pooling"], "final_train_accuracy", fitting=True)
     fitted = rows[rows["fits"].astype(bool)]
     epochs = cells(fitted, ["o2i"], "epochs_to_fit")
     shown = pd.concat([view(table, ["o2i", "pooling"], "test_accuracy"),

@@ -27,9 +27,9 @@ SETTINGS = ("receptive_field", "blocks", "width_scale", "pooling", "normalizatio
             "epochs", "batch_size")
 PREFERRED = {"pooling": "max", "width_scale": 1.0, "class_balance": 0.5,
              "optimizer": "rmsprop", "learning_rate": 5e-5}
-METRICS = ("val_accuracy", "test_accuracy", "test_auc", "final_train_accuracy", "fits",
-           "epochs_to_fit", "best_epoch", "stopped_epoch", "epoch_cap", "stop_reason",
-           "parameters", "wall_seconds")
+METRICS = ("val_accuracy", "test_accuracy", "test_auc", "final_train_accuracy",
+           "last_train_gain", "fits", "epochs_to_fit", "best_epoch", "stopped_epoch",
+           "epoch_cap", "stop_reason", "parameters", "wall_seconds")
 # weakly supervised detection on the test split (needles-train --score_detection): detection AP
 # and pointing accuracy of the saliency and the evidence maps' maxima, and pointing's chance
 DETECTION = ("saliency_ap", "saliency_pointing", "evidence_ap", "evidence_pointing",
@@ -78,6 +78,7 @@ def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
     row["stop_reason"] = summary.get("stop_reason", "cap")
     # the epochs the run was given: --epochs, scaled up for a smaller training set
     row["epoch_cap"] = summary.get("epochs")
+    row["last_train_gain"] = _last_gain(summary.get("train_accuracy_by_epoch") or [])
     detection = summary.get("detection") or {}
     for name in ("saliency", "evidence"):
         scores = detection.get(name) or {}
@@ -85,6 +86,12 @@ def _row(summary: dict[str, Any], run: str) -> dict[str, Any]:
         row[f"{name}_pointing"] = scores.get("pointing_accuracy")
     row["pointing_chance"] = detection.get("pointing_chance")
     return row
+
+
+def _last_gain(accuracies: list[float]) -> float:
+    """The training accuracy the last epoch added (NaN for one epoch, or a summary from
+    before summary.json recorded it)."""
+    return accuracies[-1] - accuracies[-2] if len(accuracies) >= 2 else np.nan
 
 
 def o2i_of(kind: str, params: dict[str, Any]) -> tuple[float, str]:

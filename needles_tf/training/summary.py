@@ -51,6 +51,8 @@ def finish_run(config: TrainConfig, model: keras.Model, history: list[dict], pol
         **({"detection": detection} if detection else {}),
         "epochs_to_fit": fit_epoch,
         "final_train_accuracy": history[-1]["accuracy"],
+        # whether fitting was still under way at the end (C6's cut-off check reads it)
+        "train_accuracy_by_epoch": [row["accuracy"] for row in history],
         "wall_seconds": round(time.time() - start_time, 1),
         "train_seconds": round(train_seconds, 1),
         "train_images_per_second": round(images / train_seconds, 1) if train_seconds else None,
