@@ -27,6 +27,10 @@ def summary(root, name, *, canvas=64, seed=0, test=0.9, val=None, train=1.0, fit
             "test_accuracy": test, "test": {"accuracy": test, "auc": test},
             "epochs_to_fit": fit_epoch, "final_train_accuracy": train, "wall_seconds": 10.0,
             "train_images_per_second": 100.0}
+    if kind == "nmnist":  # needles-train --score_detection: the saliency maximum as a detector
+        scores = {"average_precision": test - 0.2, "pointing_accuracy": test}
+        body["detection"] = {"saliency": scores, "evidence": scores,
+                             "pointing_chance": params["o2i"]}
     path = os.path.join(root, "runs", name)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "summary.json"), "w") as f:
@@ -43,6 +47,22 @@ def test_fitted_runs_rule_chance_and_hatching(tmp_path):
     assert len(table) == 3 and table["fits"].tolist() == [True, False, False]
     assert results.fitted_accuracy(table[table["receptive_field"] == 33]) == (0.9, 0.0, False)
     assert results.fitted_accuracy(table[table["receptive_field"] == 9]) == (0.5, 0.0, True)
+
+
+def test_last_train_gain_from_the_training_accuracies(tmp_path):
+    """results.csv's last_train_gain: what the last epoch added to the training accuracy
+    (NaN for a summary from before summary.json recorded the accuracies)."""
+    root = str(tmp_path)
+    summary(root, "old", fit_epoch=None, train=0.8)
+    summary(root, "new", fit_epoch=None, train=0.8)
+    path = os.path.join(root, "runs", "new", "summary.json")
+    with open(path) as f:
+        body = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**body, "train_accuracy_by_epoch": [0.5, 0.75, 0.8]}, f)
+    gains = results.collect(root).set_index("run")["last_train_gain"]
+    assert gains[os.path.join("runs", "new")] == pytest.approx(0.05)
+    assert np.isnan(gains[os.path.join("runs", "old")])
 
 
 def test_trained_mean_and_minimum_train_size(tmp_path):

@@ -208,6 +208,29 @@ def fig9b(results):
                                             not rows["fits"].all()), "runs that fit")
 
 
+def fig17(results):
+    """Weakly supervised detection on the test split per O2I and pooling (mean +- std over
+    seeds): the saliency maximum's detection AP, and its pointing accuracy (x: chance, the
+    share of the image the needle covers)."""
+    rows = hold_fixed(results[results["kind"] == "nmnist"], ("pooling",))
+    rows = rows.dropna(subset=["saliency_ap"])
+    if rows.empty or rows["o2i_label"].nunique() < 2:
+        return None
+    groups, poolings = plots.o2i_order(rows), sorted(rows["pooling"].unique())
+    figure, axes = plots.panels(2, width=5)
+    for ax, metric, ylabel in ((axes[0], "saliency_ap", "detection AP (saliency)"),
+                               (axes[1], "saliency_pointing", "pointing accuracy (saliency)")):
+        stats = rows.groupby(["o2i_label", "pooling"])[metric].agg(["mean", "std"])
+        values = {key: (m, 0.0 if pd.isna(sd) else sd, False)
+                  for key, (m, sd) in stats.iterrows()}
+        plots.bars(ax, groups, poolings, values, "pooling", ylabel, chance_line=False)
+        ax.set_ylim(0, 1.05)
+        ax.set_title("nMNIST", fontsize=9)
+    chance = rows.groupby("o2i_label")["pointing_chance"].mean()
+    axes[1].plot(range(len(groups)), [chance[g] for g in groups], "kx", label="chance")
+    return figure
+
+
 def fig12(results):
     """Test accuracy against the training set's class balance, one line per pooling, a panel
     per receptive field."""
@@ -240,4 +263,5 @@ CHANCE_FOR_UNFIT = ("7", "8")
 
 FIGURES: dict[str, Callable] = {
     "4": fig4, "5a": fig5a, "5b": fig5b, "5c": fig5c, "6a": fig6a, "6b": fig6b, "7": fig7,
-    "8": fig8, "9a": fig9a, "9b": fig9b, "12": fig12, "13": fig13, "14": fig14, "15": fig15}
+    "8": fig8, "9a": fig9a, "9b": fig9b, "12": fig12, "13": fig13, "14": fig14, "15": fig15,
+    "17": fig17}

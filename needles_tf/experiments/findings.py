@@ -11,6 +11,7 @@ that would measure them.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pandas as pd
@@ -20,7 +21,7 @@ from needles_tf.experiments.cells import CUT_OFF, cut_off
 from needles_tf.experiments.definition import Experiment
 from needles_tf.experiments.figures import CHANCE_FOR_UNFIT
 from needles_tf.experiments.results import SETTINGS, markdown_table
-from needles_tf.experiments.verdicts import Verdict, judge
+from needles_tf.experiments.verdicts import RULES, Verdict, judge
 
 NOT_MEASURED = [
     ("nCAMELYON: accuracy is reasonable above O2I 1 % and falls to chance below", "4",
@@ -49,10 +50,19 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
              "the study began is listed under the claim, with when and why. `needles-report "
              "--claims=DIR` computes the verdicts from results.csv alone. A difference counts "
              "only beyond the seeds' spread (mean ± standard deviation intervals that do not "
-             "overlap). No verdict rests on runs cut off while still improving: where most "
-             "seeds of a cell the rule compares stopped at the epoch cap, not fit, with their "
-             "best validation epoch the last (noise: stopped at the cap, not fit), the verdict "
-             "is inconclusive. 'fit': training accuracy >= 99 % within the cap.", "",
+             "overlap). 'Fit': the training accuracy (the running mean over an epoch's "
+             "batches, as Keras reports it) reaches 99 % in some epoch within the cap; a run "
+             "stops early once it has held 99 % for the epochs its stop rule says (summary."
+             "json's stop_rule), else at the cap. An O2I ratio is 'informative' where some "
+             "cell's mean test accuracy reaches the rule's `informative` level (0.6 unless the "
+             "rule says otherwise); below it every setting is near chance, and the rules that "
+             "compare settings read only informative ratios. No verdict rests on runs cut off "
+             "while still improving: a run is cut off when it stopped at its cap, not fit, with "
+             "its best validation epoch its last (a noise run: whenever it stopped at the cap "
+             "unfit; for C6, which is about fitting, also when its training accuracy rose in "
+             "its last epoch); where most seeds of a cell the rule compares were cut off, the "
+             "verdict is inconclusive. Each rule's text below is the rule function's own "
+             "description (experiments/verdicts.py, fit_verdicts.py).", "",
              "| claim | paper | figure | verdict |", "|---|---|---|---|"]
     for member, verdict in judged:
         lines.append(f"| {verdict.claim} | {member.verdict.get('paper', '')} | "
@@ -64,7 +74,8 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
                   f"- Our setting: {member.description} (`{os.path.basename(member.path)}`)",
                   f"- Rule: `{member.verdict.get('rule')}` "
                   + ", ".join(f"{k} = {v}" for k, v in member.verdict.items()
-                              if k not in ("claim", "paper", "figure", "rule", "changes")),
+                              if k not in ("claim", "paper", "figure", "rule", "changes"))
+                  + f". {rule_text(member.verdict.get('rule'))}",
                   *[f"- Changed after the study began: {change}"
                     for change in member.verdict.get("changes", [])],
                   f"- Verdict: **{verdict.outcome}**", ""]
@@ -74,6 +85,11 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
         lines += [line for name in member.figures if name in figures
                   for line in ("", f"![Fig. {name}](fig{name}.png)", *_note(name))]
     lines += ["", "## Every cell: seeds that fit, how the runs stopped", "",
+              "Per configuration: its seeds; how many fit; how many the stop rule stopped "
+              "(fit) and how many ran to their cap; the mean over seeds of the best validation "
+              "epoch (the model kept) and of the last epoch trained, with the cap; the runs cut "
+              "off while improving (the accuracy claims' test; C6's own adds the rising "
+              "training accuracy).", "",
               markdown_table(stop_table(results)), "", "## Not measured here", "",
               "These claims need CAMELYON16/17 slides, which this machine does not have; the "
               "definitions in flags/experiments/ measure them on a cluster "
@@ -82,6 +98,11 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
               for claim, fig, name in NOT_MEASURED]
     atomic.write_text(path, "\n".join(lines) + "\n")
     return [verdict for _, verdict in judged]
+
+
+def rule_text(name: str | None) -> str:
+    """A rule's description: its function's docstring on one line."""
+    return " ".join((inspect.getdoc(RULES[name]) or "").split()) if name in RULES else ""
 
 
 def _note(figure: str) -> tuple[str, ...]:

@@ -81,11 +81,14 @@ def o2i_limit(results: pd.DataFrame, p: dict) -> Outcome:
 
 
 def more_helps(results: pd.DataFrame, p: dict) -> Outcome:
-    """C2, C3: the largest value of `setting` beats the smallest beyond the spread at some O2I
-    and is never worse beyond it; its gain at the small O2I exceeds its gain at the largest by
-    more than the four cells' spread. With `min_size_thresholds` (C2): the smallest training
-    set whose mean validation accuracy reaches each threshold never shrinks towards smaller
-    O2I, and is larger at the smallest O2I than at the largest for every threshold."""
+    """C2, C3: at the O2I ratios where both were trained, the largest value of `setting`
+    beats the smallest beyond the spread at some O2I and is never worse beyond it; its gain at
+    the smallest informative such O2I exceeds its gain at the largest by more than the four
+    cells' spread. With `min_size_thresholds` (C2): the smallest training set whose mean
+    validation accuracy reaches each threshold never shrinks towards smaller O2I, and is larger
+    at the smallest O2I than at the largest for every threshold; this reads every O2I of the
+    ladder, those trained at one size too, where 'not reached' counts as more than any size
+    trained."""
     setting = p["setting"]
     rows = held_rows(results, (setting,))
     table = cells(rows, ["o2i", setting], "test_accuracy")
@@ -191,7 +194,8 @@ def _best_at_small(rows: pd.DataFrame, metric: str, p: dict
 def pooling(results: pd.DataFrame, p: dict) -> Outcome:
     """C5: at the largest O2I the poolings' mean test accuracies lie within `alike` of each
     other (or no two differ beyond the spread); at the smallest informative O2I `best` (max)
-    is best (see _best_at_small)."""
+    has the highest mean and beats another pooling beyond the spread (contradicted where
+    another beats it beyond the spread there)."""
     rows = held_rows(results, ("pooling",))
     checks, contradicted, table, read = _best_at_small(rows, "test_accuracy", p)
     shown = view(table, ["o2i", "pooling"], "test_accuracy")
@@ -211,8 +215,9 @@ def pooling(results: pd.DataFrame, p: dict) -> Outcome:
 
 def detection(results: pd.DataFrame, p: dict) -> Outcome:
     """C8: the `metric` (saliency detection AP) of `best` pooling falls along the O2I ladder
-    (beyond the spread, no rise beyond it), and `best` detects best at the smallest
-    informative O2I (see _best_at_small)."""
+    (beyond the spread, no rise beyond it), and at the smallest informative O2I `best` has the
+    highest mean `metric` and beats another pooling beyond the spread (contradicted where
+    another beats it beyond the spread there)."""
     metric = p.get("metric", "saliency_ap")
     rows = held_rows(results, ("pooling",))
     ladder = cells(rows[rows["pooling"].astype(str) == p.get("best", "max")], ["o2i"], metric)
