@@ -53,16 +53,36 @@ def test_last_train_gain_from_the_training_accuracies(tmp_path):
     """results.csv's last_train_gain: what the last epoch added to the training accuracy
     (NaN for a summary from before summary.json recorded the accuracies)."""
     root = str(tmp_path)
-    summary(root, "old", fit_epoch=None, train=0.8)
-    summary(root, "new", fit_epoch=None, train=0.8)
-    path = os.path.join(root, "runs", "new", "summary.json")
-    with open(path) as f:
-        body = json.load(f)
-    with open(path, "w") as f:
-        json.dump({**body, "train_accuracy_by_epoch": [0.5, 0.75, 0.8]}, f)
+    for name, accuracies in {"old": None, "new": [0.5, 0.75, 0.8], "one": [0.8]}.items():
+        summary(root, name, fit_epoch=None, train=0.8)
+        path = os.path.join(root, "runs", name, "summary.json")
+        with open(path) as f:
+            body = json.load(f)
+        with open(path, "w") as f:
+            json.dump({**body, **({"train_accuracy_by_epoch": accuracies} if accuracies
+                                  else {})}, f)
     gains = results.collect(root).set_index("run")["last_train_gain"]
     assert gains[os.path.join("runs", "new")] == pytest.approx(0.05)
     assert np.isnan(gains[os.path.join("runs", "old")])
+    assert np.isnan(gains[os.path.join("runs", "one")])  # one epoch: no gain to tell
+
+
+def test_fig17_draws_detection_per_o2i_and_pooling(tmp_path):
+    """Fig. 17: a bar per O2I and pooling in each panel (AP, pointing), from the runs that
+    scored detection; none without scores."""
+    root = str(tmp_path)
+    for canvas in (64, 128):
+        for pooling in ("max", "mean"):
+            for seed in (0, 1):
+                summary(root, f"{canvas}/{pooling}/{seed}", canvas=canvas, seed=seed,
+                        test=0.9 - canvas / 1000 - 0.01 * seed, pooling=pooling)
+    table = results.collect(root)
+    figure = figures.fig17(table)
+    ap, pointing = figure.axes
+    heights = sorted(round(bar.get_height(), 4) for bar in ap.patches)
+    assert len(ap.patches) == len(pointing.patches) == 4
+    assert heights == [0.567, 0.567, 0.631, 0.631]  # test - 0.2, the mean of the two seeds
+    assert figures.fig17(table.assign(saliency_ap=np.nan)) is None
 
 
 def test_trained_mean_and_minimum_train_size(tmp_path):

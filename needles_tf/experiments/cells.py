@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from needles_tf.experiments.results import SETTINGS, hold_fixed
@@ -73,12 +74,16 @@ def cut_off(rows: pd.DataFrame, fitting: bool = False) -> pd.Series:
     """Runs still improving when stopped: at their epoch cap without fitting, with their best
     validation epoch their last; or any noise run stopped so (random labels: its validation
     accuracy says nothing, and memorising only goes up). With `fitting` (a claim about fitting
-    the training set), also a run whose training accuracy rose in its last epoch: its
-    validation accuracy may have settled while fitting had not."""
+    the training set), also a run whose training accuracy rose in its last epoch by more than
+    its sampling noise (the binomial standard error of an accuracy over the training set): its
+    validation accuracy may have settled while fitting had not. A table from before
+    last_train_gain reads as no rise."""
     capped = (rows["stop_reason"] == "cap") & ~rows["fits"].astype(bool)
     improving = (rows["best_epoch"] >= rows["stopped_epoch"]) | (rows["kind"] == "noise")
-    if fitting:
-        improving |= rows["last_train_gain"].astype(float) > 0
+    if fitting and "last_train_gain" in rows:
+        accuracy = rows["final_train_accuracy"].astype(float)
+        noise = np.sqrt(accuracy * (1 - accuracy) / rows["train_size"].astype(float))
+        improving |= rows["last_train_gain"].astype(float) > noise
     return capped & improving
 
 

@@ -208,29 +208,6 @@ def fig9b(results):
                                             not rows["fits"].all()), "runs that fit")
 
 
-def fig17(results):
-    """Weakly supervised detection on the test split per O2I and pooling (mean +- std over
-    seeds): the saliency maximum's detection AP, and its pointing accuracy (x: chance, the
-    share of the image the needle covers)."""
-    rows = hold_fixed(results[results["kind"] == "nmnist"], ("pooling",))
-    rows = rows.dropna(subset=["saliency_ap"])
-    if rows.empty or rows["o2i_label"].nunique() < 2:
-        return None
-    groups, poolings = plots.o2i_order(rows), sorted(rows["pooling"].unique())
-    figure, axes = plots.panels(2, width=5)
-    for ax, metric, ylabel in ((axes[0], "saliency_ap", "detection AP (saliency)"),
-                               (axes[1], "saliency_pointing", "pointing accuracy (saliency)")):
-        stats = rows.groupby(["o2i_label", "pooling"])[metric].agg(["mean", "std"])
-        values = {key: (m, 0.0 if pd.isna(sd) else sd, False)
-                  for key, (m, sd) in stats.iterrows()}
-        plots.bars(ax, groups, poolings, values, "pooling", ylabel, chance_line=False)
-        ax.set_ylim(0, 1.05)
-        ax.set_title("nMNIST", fontsize=9)
-    chance = rows.groupby("o2i_label")["pointing_chance"].mean()
-    axes[1].plot(range(len(groups)), [chance[g] for g in groups], "kx", label="chance")
-    return figure
-
-
 def fig12(results):
     """Test accuracy against the training set's class balance, one line per pooling, a panel
     per receptive field."""
@@ -254,6 +231,30 @@ def _lines_by_panel(results: pd.DataFrame, x: str, hue: str, panel: str):
         plots.lines(ax, rows[rows[panel] == value], x, hue, log_x=x == "width_scale")
         ax.set_title(f"nMNIST O2I {rows['o2i_label'].iloc[0]}, {plots.label_of(panel)} {value}",
                      fontsize=9)
+    return figure
+
+
+def fig17(results: pd.DataFrame):
+    """Weakly supervised detection on the test split per O2I and pooling (mean +- std over
+    seeds): the saliency maximum's detection AP, and its pointing accuracy (x: chance, the
+    share of the image the needle covers)."""
+    scored = results[(results["kind"] == "nmnist") & results["saliency_ap"].notna()]
+    rows = hold_fixed(scored, ("pooling",))  # among the runs that scored detection
+    if rows.empty or rows["o2i_label"].nunique() < 2:
+        return None
+    groups, poolings = plots.o2i_order(rows), sorted(rows["pooling"].unique())
+    figure, axes = plots.panels(2, width=5)
+    for ax, metric, ylabel in ((axes[0], "saliency_ap", "detection AP (saliency)"),
+                               (axes[1], "saliency_pointing", "pointing accuracy (saliency)")):
+        stats = rows.groupby(["o2i_label", "pooling"])[metric].agg(["mean", "std"])
+        values = {key: (m, 0.0 if pd.isna(sd) else sd, False)
+                  for key, (m, sd) in stats.iterrows()}
+        plots.bars(ax, groups, poolings, values, "pooling", ylabel, chance_line=False)
+        ax.set_ylim(0, 1.05)
+        ax.set_title("nMNIST", fontsize=9)
+    chance = rows.groupby("o2i_label")["pointing_chance"].mean()
+    axes[1].plot(range(len(groups)), [chance[g] for g in groups], "kx", label="chance")
+    axes[1].legend(fontsize=7)
     return figure
 
 

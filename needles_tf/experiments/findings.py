@@ -46,23 +46,23 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
     judged = judge_all(results, members)
     lines = [f"# Findings: {len(results)} runs from {source}", "",
              "Each claim's rule was fixed in its definition before the runs "
-             "(flags/experiments/findings/ for the miniature study); what was changed after "
-             "the study began is listed under the claim, with when and why. `needles-report "
-             "--claims=DIR` computes the verdicts from results.csv alone. A difference counts "
-             "only beyond the seeds' spread (mean ± standard deviation intervals that do not "
-             "overlap). 'Fit': the training accuracy (the running mean over an epoch's "
-             "batches, as Keras reports it) reaches 99 % in some epoch within the cap; a run "
-             "stops early once it has held 99 % for the epochs its stop rule says (summary."
-             "json's stop_rule), else at the cap. An O2I ratio is 'informative' where some "
-             "cell's mean test accuracy reaches the rule's `informative` level (0.6 unless the "
-             "rule says otherwise); below it every setting is near chance, and the rules that "
-             "compare settings read only informative ratios. No verdict rests on runs cut off "
-             "while still improving: a run is cut off when it stopped at its cap, not fit, with "
-             "its best validation epoch its last (a noise run: whenever it stopped at the cap "
-             "unfit; for C6, which is about fitting, also when its training accuracy rose in "
-             "its last epoch); where most seeds of a cell the rule compares were cut off, the "
-             "verdict is inconclusive. Each rule's text below is the rule function's own "
-             "description (experiments/verdicts.py, fit_verdicts.py).", "",
+             "(flags/experiments/findings/ for the miniature study); what was changed after the "
+             "study began is listed under the claim, with when and why. `needles-report "
+             "--claims=DIR` computes the verdicts from results.csv alone. A difference counts only"
+             " beyond the seeds' spread (mean ± standard deviation intervals that do not overlap)."
+             " 'Fit': the training accuracy (the running mean over an epoch's batches, as Keras "
+             "reports it) reaches 99 % in some epoch within the cap; a run stops early once it has"
+             " held 99 % for the epochs its stop rule says (summary.json's stop_rule), else at the"
+             " cap. An O2I ratio is 'informative' where some cell's mean test accuracy reaches the"
+             " rule's `informative` level (0.6 unless the rule says otherwise); below it every "
+             "setting is near chance, so C2, C3, C5 and C8 take the smallest informative ratio as "
+             "their small O2I, and C4 needs its win at an informative one. No verdict rests on "
+             "runs cut off while still improving: a run is cut off when it stopped at its cap, not"
+             " fit, with its best validation epoch its last (a noise run: whenever it stopped at "
+             "the cap unfit; for C6, which is about fitting, also when its training accuracy rose "
+             "in its last epoch by more than its sampling noise); where most seeds of a cell the "
+             "rule compares were cut off, the verdict is inconclusive. Each rule's text below is "
+             "the rule function's own description (experiments/verdicts.py, fit_verdicts.py).", "",
              "| claim | paper | figure | verdict |", "|---|---|---|---|"]
     for member, verdict in judged:
         lines.append(f"| {verdict.claim} | {member.verdict.get('paper', '')} | "
@@ -72,10 +72,7 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
         lines += ["", f"## {verdict.claim}: {member.verdict.get('paper', '')}", "",
                   f"- Paper: Fig. {figure}" if figure else "- Paper: see the claim",
                   f"- Our setting: {member.description} (`{os.path.basename(member.path)}`)",
-                  f"- Rule: `{member.verdict.get('rule')}` "
-                  + ", ".join(f"{k} = {v}" for k, v in member.verdict.items()
-                              if k not in ("claim", "paper", "figure", "rule", "changes"))
-                  + f". {rule_text(member.verdict.get('rule'))}",
+                  _rule_line(member.verdict),
                   *[f"- Changed after the study began: {change}"
                     for change in member.verdict.get("changes", [])],
                   f"- Verdict: **{verdict.outcome}**", ""]
@@ -100,9 +97,14 @@ def write_findings(path: str, results: pd.DataFrame, members: list[Experiment],
     return [verdict for _, verdict in judged]
 
 
-def rule_text(name: str | None) -> str:
-    """A rule's description: its function's docstring on one line."""
-    return " ".join((inspect.getdoc(RULES[name]) or "").split()) if name in RULES else ""
+def _rule_line(verdict: dict) -> str:
+    """The rule's name, its numbers and what it computes (its function's docstring)."""
+    name = verdict.get("rule")
+    numbers = ", ".join(f"{k} = {v}" for k, v in verdict.items()
+                        if k not in ("claim", "paper", "figure", "rule", "changes"))
+    text = " ".join((inspect.getdoc(RULES[name]) or "").split()) if name in RULES else ""
+    return f"- Rule: `{name}`" + (f" {numbers}" if numbers else "") + (
+        f". {text}" if text else "")
 
 
 def _note(figure: str) -> tuple[str, ...]:

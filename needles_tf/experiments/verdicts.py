@@ -64,7 +64,9 @@ def _falls(table: dict[tuple, Cell], metric: str, p: dict) -> tuple[list[Check],
 
 def o2i_limit(results: pd.DataFrame, p: dict) -> Outcome:
     """C1: along a ladder of >= `min_o2i` ratios, mean test accuracy >= `high` at the largest,
-    <= `low` at the smallest, falling beyond the spread and never rising beyond it."""
+    <= `low` at the smallest, falling beyond the spread from the largest to the smallest and
+    never rising beyond it from one ratio to the next smaller. Not reproduced where it rises
+    so, or where the smallest beats the largest beyond the spread."""
     table = cells(held_rows(results, ()), ["o2i"], "test_accuracy")
     shown = view(table, ["o2i"], "test_accuracy")
     if len(table) < p.get("min_o2i", 4) or not enough_seeds(table, p):
@@ -88,7 +90,9 @@ def more_helps(results: pd.DataFrame, p: dict) -> Outcome:
     validation accuracy reaches each threshold never shrinks towards smaller O2I, and is larger
     at the smallest O2I than at the largest for every threshold; this reads every O2I of the
     ladder, those trained at one size too, where 'not reached' counts as more than any size
-    trained."""
+    trained. Not reproduced where the least beats the most beyond the spread at some O2I,
+    where the gain at the largest O2I exceeds the small one's by more than the spread, or
+    where a minimum training set shrinks towards smaller O2I."""
     setting = p["setting"]
     rows = held_rows(results, (setting,))
     table = cells(rows, ["o2i", setting], "test_accuracy")
@@ -138,7 +142,8 @@ def _size(size: float) -> str:
 
 def beats(results: pd.DataFrame, p: dict) -> Outcome:
     """C4: the best of the `better` values of `setting` beats every `worse` value beyond the
-    spread at some informative O2I, and no `worse` value beats it beyond the spread anywhere."""
+    spread at some informative O2I, and no `worse` value beats it beyond the spread anywhere.
+    Not reproduced where a `worse` value beats it so somewhere."""
     setting = p["setting"]
     rows = held_rows(results, (setting,))
     table = cells(rows, ["o2i", setting], "test_accuracy")
@@ -194,8 +199,9 @@ def _best_at_small(rows: pd.DataFrame, metric: str, p: dict
 def pooling(results: pd.DataFrame, p: dict) -> Outcome:
     """C5: at the largest O2I the poolings' mean test accuracies lie within `alike` of each
     other (or no two differ beyond the spread); at the smallest informative O2I `best` (max)
-    has the highest mean and beats another pooling beyond the spread (contradicted where
-    another beats it beyond the spread there)."""
+    has the highest mean and beats another pooling beyond the spread. Not reproduced where the
+    poolings are not alike at the largest O2I, or where another pooling beats `best` beyond
+    the spread at the smallest informative one."""
     rows = held_rows(results, ("pooling",))
     checks, contradicted, table, read = _best_at_small(rows, "test_accuracy", p)
     shown = view(table, ["o2i", "pooling"], "test_accuracy")
@@ -215,9 +221,10 @@ def pooling(results: pd.DataFrame, p: dict) -> Outcome:
 
 def detection(results: pd.DataFrame, p: dict) -> Outcome:
     """C8: the `metric` (saliency detection AP) of `best` pooling falls along the O2I ladder
-    (beyond the spread, no rise beyond it), and at the smallest informative O2I `best` has the
-    highest mean `metric` and beats another pooling beyond the spread (contradicted where
-    another beats it beyond the spread there)."""
+    (beyond the spread from the largest to the smallest, never rising beyond it from one ratio
+    to the next smaller), and at the smallest informative O2I `best` has the highest mean
+    `metric` and beats another pooling beyond the spread. Not reproduced where the metric
+    rises so, or where another pooling beats `best` beyond the spread at that O2I."""
     metric = p.get("metric", "saliency_ap")
     rows = held_rows(results, ("pooling",))
     ladder = cells(rows[rows["pooling"].astype(str) == p.get("best", "max")], ["o2i"], metric)
