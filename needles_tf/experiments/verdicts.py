@@ -225,16 +225,16 @@ def detection(results: pd.DataFrame, p: dict) -> Outcome:
     to the next smaller), and at the smallest informative O2I `best` has the highest mean
     `metric` and beats another pooling beyond the spread. Not reproduced where the metric
     rises so, or where another pooling beats `best` beyond the spread at that O2I."""
-    metric = p.get("metric", "saliency_ap")
-    rows = held_rows(results, ("pooling",))
-    ladder = cells(rows[rows["pooling"].astype(str) == p.get("best", "max")], ["o2i"], metric)
-    checks, contradicted, table, read = _best_at_small(rows, metric, p)
+    metric, best = p.get("metric", "saliency_ap"), p.get("best", "max")
+    checks, contradicted, table, read = _best_at_small(held_rows(results, ("pooling",)),
+                                                       metric, p)
     shown = view(table, ["o2i", "pooling"], metric)
+    ladder = {(key[0],): c for key, c in table.items() if str(key[1]) == best}  # best's cells
     if len(ladder) < 2 or not enough_seeds(table, p):
         return _missing(f"{metric} of the poolings at two O2I ratios", p, shown)
     falls, rises = _falls(ladder, metric, p)
     checks = [*falls, *checks]
-    read.update({(o2i, p.get("best", "max")): c for (o2i,), c in ladder.items()})
+    read.update({key: c for key, c in table.items() if str(key[1]) == best})
     return decide(checks, contradicted or rises, read), checks, shown
 
 
